@@ -1,0 +1,318 @@
+"""PyTorch LeJEPA model: any `transformers` vision backbone, a projector, and the LeJEPA loss."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_lejepa import LeJepaConfig
+from .sigreg import SIGReg, prediction_loss
+
+# Backbones whose own pooler is a trained head (Linear + tanh) rather than a pooling: LeJEPA uses the final-normed
+# CLS token instead, so they are built without it.
+_CLS_TOKEN_BACKBONES = {"vit", "deit"}
+# Written into `config.json` on save, so that a checkpoint of any head loads with any of these Auto classes.
+_AUTO_MAP = {
+    "AutoModel": "LeJepaModel",
+    "AutoModelForPreTraining": "LeJepaForPreTraining",
+    "AutoModelForImageClassification": "LeJepaForImageClassification",
+}
+
+
+@dataclass
+class LeJepaForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`LeJepaForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `(1 - lambda_sigreg) * prediction_loss + lambda_sigreg * sigreg_loss`.
+        prediction_loss (`torch.FloatTensor` of shape `()`):
+            Mean squared difference between the projection of every view and the mean of the global views'.
+        sigreg_loss (`torch.FloatTensor` of shape `()`):
+            SIGReg of the projections, averaged over views and directions.
+        embeddings (`torch.FloatTensor` of shape `(batch_size, num_views, hidden_size)`):
+            Backbone embeddings of all views, global views first.
+        projections (`torch.FloatTensor` of shape `(batch_size, num_views, projector_output_size)`):
+            Projector outputs of all views, global views first.
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    sigreg_loss: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    projections: torch.FloatTensor | None = None
+
+
+class LeJepaPreTrainedModel(PreTrainedModel):
+    config: LeJepaConfig
+    config_class = LeJepaConfig
+    base_model_prefix = "lejepa"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Saves like `PreTrainedModel.save_pretrained`, with an `auto_map` naming every LeJEPA class, so that the
+        folder of any head loads with `AutoModel`, `AutoModelForPreTraining` or `AutoModelForImageClassification`."""
+        self.config.auto_map = {"AutoConfig": "configuration_lejepa.LeJepaConfig"}
+        self.config.auto_map.update({name: f"modeling_lejepa.{cls}" for name, cls in _AUTO_MAP.items()})
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class LeJepaModel(LeJepaPreTrainedModel):
+    """
+    The LeJEPA backbone alone. `forward` returns the backbone's `last_hidden_state` and, as `pooler_output`, the
+    image embedding used downstream: the final-normed CLS token for ViTs, the pooled features for ConvNets (whatever
+    the backbone pools otherwise). Any input resolution works: ViT position embeddings are interpolated.
+    """
+
+    def __init__(self, config: LeJepaConfig):
+        super().__init__(config)
+        backbone_kwargs = {}
+        if config.backbone_config.model_type in _CLS_TOKEN_BACKBONES:
+            backbone_kwargs["add_pooling_layer"] = False
+        self.backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs)
+        self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module | None:
+        return self.backbone.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Images of any size (a multiple of the patch size for ViTs), normalised by the image processor.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from modeling_lejepa import LeJepaConfig, LeJepaModel
+
+        >>> model = LeJepaModel(LeJepaConfig.from_preset("vit-tiny-test")).eval()
+        >>> outputs = model(torch.randn(2, 3, 48, 48))
+        >>> outputs.pooler_output.shape
+        torch.Size([2, 32])
+        ```
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if self._interpolate:
+            kwargs["interpolate_pos_encoding"] = True
+        if output_hidden_states:
+            kwargs["output_hidden_states"] = True
+        outputs = self.backbone(pixel_values, return_dict=True, **kwargs)
+        pooled = outputs.pooler_output
+        if pooled is None:  # token backbones built without their pooler: final-normed CLS token
+            pooled = outputs.last_hidden_state[:, 0]
+        pooled = pooled.flatten(1)  # ResNet pools to (B, C, 1, 1)
+        result = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+        return result if return_dict else result.to_tuple()
+
+    @property
+    def embedding_size(self) -> int:
+        """Dimension of `pooler_output`."""
+        backbone_config = self.config.backbone_config
+        for name in ("num_features", "hidden_size"):
+            if isinstance(getattr(backbone_config, name, None), int):
+                return getattr(backbone_config, name)
+        if getattr(backbone_config, "hidden_sizes", None):
+            return backbone_config.hidden_sizes[-1]
+        return self.backbone.num_features  # timm models
+
+
+class LeJepaProjector(nn.Module):
+    """`projector_num_layers - 1` blocks of Linear-BatchNorm-ReLU, then a Linear to `projector_output_size`."""
+
+    def __init__(self, config: LeJepaConfig, input_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = input_size
+        for _ in range(config.projector_num_layers - 1):
+            layers.append(nn.Linear(size, config.projector_hidden_size, bias=not config.projector_use_batch_norm))
+            if config.projector_use_batch_norm:
+                layers.append(nn.BatchNorm1d(config.projector_hidden_size))
+            layers.append(nn.ReLU(inplace=True))
+            size = config.projector_hidden_size
+        layers.append(nn.Linear(size, config.projector_output_size))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeddings)
+
+
+class LeJepaForPreTraining(LeJepaPreTrainedModel):
+    """
+    LeJEPA pretraining: backbone, projector, and the loss
+    `(1 - lambda_sigreg) * prediction + lambda_sigreg * SIGReg` with no teacher and no stop-gradient.
+    """
+
+    def __init__(self, config: LeJepaConfig):
+        super().__init__(config)
+        self.lejepa = LeJepaModel(config)
+        self.projector = LeJepaProjector(config, self.lejepa.embedding_size)
+        self.sigreg = SIGReg(config.sigreg_num_slices, config.sigreg_num_knots, config.sigreg_t_max)
+        self._forward_calls = 0
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        local_pixel_values: torch.Tensor | None = None,
+        step: int | None = None,
+        return_dict: bool | None = None,
+    ) -> LeJepaForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_global_views, num_channels, height, width)`):
+                Global views; their mean projection is the prediction target.
+            local_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_local_views, num_channels, h, w)`, *optional*):
+                Local views, at their own (usually smaller) resolution.
+            step (`int`, *optional*):
+                Seed of SIGReg's random directions, the global training step (`LeJepaTrainer` passes it). When `None`,
+                a counter of the calls made in training mode is used.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
+
+        >>> model = LeJepaForPreTraining(LeJepaConfig.from_preset("vit-tiny-test"))
+        >>> outputs = model(torch.randn(4, 2, 3, 32, 32), local_pixel_values=torch.randn(4, 6, 3, 16, 16), step=0)
+        >>> outputs.projections.shape
+        torch.Size([4, 8, 16])
+        ```
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                "`pixel_values` must hold the global views stacked as (batch_size, num_views, channels, height, "
+                f"width), got shape {tuple(pixel_values.shape)}. For a single view use `pixel_values.unsqueeze(1)`."
+            )
+        if step is None:
+            step = self._forward_calls
+            self._forward_calls += int(self.training)
+        batch_size, num_global = pixel_values.shape[:2]
+
+        # Backbone: one pass per resolution, views stacked view-major: (V*B, C, H, W) -> (V*B, D)
+        views = [pixel_values]
+        if local_pixel_values is not None and local_pixel_values.shape[1] > 0:
+            if local_pixel_values.shape[0] != batch_size:
+                raise ValueError(
+                    f"`local_pixel_values` has {local_pixel_values.shape[0]} images but `pixel_values` {batch_size}."
+                )
+            views.append(local_pixel_values)
+        embeddings = torch.cat(
+            [self.lejepa(v.transpose(0, 1).flatten(0, 1)).pooler_output for v in views]
+        )  # (V*B, D)
+        projections = self.projector(embeddings)  # (V*B, K), BatchNorm statistics over all views
+
+        num_views = embeddings.shape[0] // batch_size
+        projections = projections.view(num_views, batch_size, -1)  # (V, B, K)
+        pred_loss = prediction_loss(projections[:num_global], projections)
+        sigreg_loss = self.sigreg(projections, step)
+        lambd = self.config.lambda_sigreg
+        loss = (1.0 - lambd) * pred_loss + lambd * sigreg_loss
+
+        result = LeJepaForPreTrainingOutput(
+            loss=loss,
+            prediction_loss=pred_loss.detach(),
+            sigreg_loss=sigreg_loss.detach(),
+            embeddings=embeddings.view(num_views, batch_size, -1).transpose(0, 1),  # (B, V, D)
+            projections=projections.transpose(0, 1),  # (B, V, K)
+        )
+        return result if return_dict else result.to_tuple()
+
+
+class LeJepaForImageClassification(LeJepaPreTrainedModel):
+    """
+    A LeJEPA backbone with a LayerNorm + Linear head on the image embedding: the linear probe of the paper's
+    evaluation (freeze the backbone with `model.freeze_backbone()`), or full fine-tuning.
+    """
+
+    def __init__(self, config: LeJepaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.lejepa = LeJepaModel(config)
+        embedding_size = self.lejepa.embedding_size
+        self.norm = nn.LayerNorm(embedding_size)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(embedding_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def freeze_backbone(self) -> None:
+        """Freezes the backbone for linear probing; only the LayerNorm and the Linear head train."""
+        self.lejepa.requires_grad_(False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Images normalised by the image processor.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class indices for a cross-entropy loss (float targets and `num_labels == 1` for regression).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.lejepa(pixel_values, **kwargs)
+        logits = self.classifier(self.dropout(self.norm(outputs.pooler_output)))
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.num_labels == 1:
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+            elif labels.dtype in (torch.long, torch.int):
+                loss = nn.functional.cross_entropy(logits, labels)
+            else:  # multi-label targets
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        result = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return result if return_dict else result.to_tuple()
+
+
+__all__ = [
+    "LeJepaForImageClassification",
+    "LeJepaForPreTraining",
+    "LeJepaForPreTrainingOutput",
+    "LeJepaModel",
+    "LeJepaPreTrainedModel",
+]
