@@ -145,12 +145,11 @@ class LeJepaModel(LeJepaPreTrainedModel):
     def embedding_size(self) -> int:
         """Dimension of `pooler_output`."""
         backbone_config = self.config.backbone_config
-        for name in ("num_features", "hidden_size"):
-            if isinstance(getattr(backbone_config, name, None), int):
-                return getattr(backbone_config, name)
-        if getattr(backbone_config, "hidden_sizes", None):
+        if backbone_config.model_type == "timm_wrapper":
+            return self.backbone.timm_model.num_features
+        if getattr(backbone_config, "hidden_sizes", None):  # ConvNets
             return backbone_config.hidden_sizes[-1]
-        return self.backbone.num_features  # timm models
+        return backbone_config.hidden_size
 
 
 class LeJepaProjector(nn.Module):
@@ -198,7 +197,7 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_global_views, num_channels, height, width)`):
                 Global views; their mean projection is the prediction target.
-            local_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_local_views, num_channels, h, w)`, *optional*):
+            local_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_local_views, C, h, w)`, *optional*):
                 Local views, at their own (usually smaller) resolution.
             step (`int`, *optional*):
                 Seed of SIGReg's random directions, the global training step (`LeJepaTrainer` passes it). When `None`,

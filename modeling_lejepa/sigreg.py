@@ -147,7 +147,8 @@ def _global_ecf(
 
     total = torch.tensor(float(num_samples), device=ecf_real.device)
     dist.all_reduce(total)  # a count: no gradient flows through it
-    # (2, ..., M, T): one differentiable collective for both parts; weighting by the local N keeps unequal batches exact
+    # (2, ..., M, T): one differentiable collective for both parts; weighting by the local N keeps unequal batches
+    # exact
     summed = all_reduce(torch.stack([ecf_real, ecf_imag]) * num_samples)
     return summed[0] / total, summed[1] / total, total
 
