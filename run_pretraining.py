@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""
+Pretrain an image backbone with LeJEPA on unlabeled images.
+
+Runs as `python run_pretraining.py ...` or `accelerate launch run_pretraining.py ...`; arguments come from the command
+line or from one JSON file (`python run_pretraining.py args.json`). With no data argument it pretrains a small ViT on
+the digits images that ship with scikit-learn and prints the linear-probe accuracy of the learned embeddings next to
+that of a randomly initialised backbone of the same shape.
+
+Examples:
+
+    python run_pretraining.py --output_dir outputs/digits
+    accelerate launch --config_file accelerate_configs/ddp.yaml run_pretraining.py \
+        --dataset_name ./my_images --model_preset vit-small-patch16 --output_dir outputs/vits
+    accelerate launch run_pretraining.py --dataset_name org/images --streaming --max_steps 100000 \
+        --model_preset vit-base-patch16 --bf16 --output_dir outputs/vitb
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessor, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
+from trainer import (
+    BadSampleCounter,
+    LeJepaTrainer,
+    MultiCropCollator,
+    MultiCropTransform,
+    load_digits_dataset,
+    load_pretraining_dataset,
+    prepare_pretraining_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelArguments:
+    """Which model to pretrain."""
+
+    model_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A named configuration: one of {', '.join(LeJepaConfig.available_presets())}. Defaults to "
+            "vit-tiny-test on the built-in digits data and to vit-base-patch16 otherwise."
+        },
+    )
+    config_name: str | None = field(default=None, metadata={"help": "A LeJEPA config.json (folder or Hub id)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated overrides of config values, e.g. 'lambda_sigreg=0.1,num_local_views=4'."},
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue from the weights of a LeJEPA checkpoint (folder or Hub id)."}
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "An image processor whose mean/std normalise the views; ImageNet's if unset."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and data."})
+
+
+@dataclass
+class DataArguments:
+    """Which images to pretrain on. With none of dataset_name, train_dir, data_files: the built-in digits."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id or a local dataset path."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "A local folder of images (imagefolder)."})
+    data_files: list[str] | None = field(
+        default=None, metadata={"help": "Parquet files or webdataset .tar shards (globs allowed)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "The split to pretrain on."})
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "The image column; detected when the data has a single image column."}
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream the data (larger than disk); needs max_steps."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."})
+    max_bad_fraction: float = field(
+        default=0.1, metadata={"help": "Stop when more than this fraction of images fail to decode (they are skipped)."}
+    )
+    digits_image_size: int = field(default=32, metadata={"help": "Side of the built-in digits images, in pixels."})
+
+
+@dataclass
+class LeJepaTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the LeJEPA recipe as defaults (AdamW, lr 5e-4, wd 0.05, warmup then cosine to lr/1000)."""
+
+    output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (5e-4 for ResNets)."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Linear warmup: steps, or a fraction if below 1."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Cosine decay after warmup."})
+    lr_scheduler_kwargs: dict | str = field(
+        default_factory=lambda: {"min_lr_rate": 1e-3}, metadata={"help": "Decay to lr / 1000 by default."}
+    )
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per device and step."})
+    num_train_epochs: float = field(default=40.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints."})
+    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep this many checkpoints."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: images are decoded late."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Data loading processes per device."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh instead of resuming from the last checkpoint in output_dir."}
+    )
+    online_probe: bool = field(
+        default=True, metadata={"help": "Train an online linear probe when the data has labels; logs its accuracy."}
+    )
+    on_nonfinite_loss: str = field(
+        default="raise", metadata={"help": "On a NaN/Inf loss: 'raise' (stop, naming the step) or 'skip' the step."}
+    )
+
+
+def main() -> None:
+    # 1. Arguments, from the command line or one JSON file
+    parser = HfArgumentParser((ModelArguments, DataArguments, LeJepaTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    builtin_digits = not (data_args.dataset_name or data_args.train_dir or data_args.data_files)
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("`--streaming` needs `--max_steps`: a stream has no length to derive the schedule from.")
+
+    # 2. Logging and seed
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    logger.info(f"Training arguments: {training_args}")
+    set_seed(training_args.seed)
+
+    # 3. Configuration and model
+    if model_args.model_name_or_path:
+        config = LeJepaConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    elif model_args.config_name:
+        config = LeJepaConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir)
+    else:
+        preset = model_args.model_preset or ("vit-tiny-test" if builtin_digits else "vit-base-patch16")
+        config = LeJepaConfig.from_preset(preset)
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+        config = LeJepaConfig.from_dict(config.to_dict())  # validates the new values
+    if model_args.model_name_or_path:
+        model = LeJepaForPreTraining.from_pretrained(model_args.model_name_or_path, config=config)
+    else:
+        model = LeJepaForPreTraining(config)
+    logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    # 4. Image processor: its mean/std normalise the views; it is saved with the model for inference
+    if model_args.image_processor_name:
+        image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name)
+    else:
+        image_processor = ViTImageProcessor(
+            size={"height": config.global_image_size, "width": config.global_image_size},
+            image_mean=IMAGENET_MEAN,
+            image_std=IMAGENET_STD,
+        )
+
+    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted
+    eval_dataset = None
+    if builtin_digits:
+        digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)
+        train_dataset, eval_dataset = digits["train"], digits["test"]
+        image_column, label_column = "image", "label"
+    else:
+        train_dataset, image_column, label_column = load_pretraining_dataset(
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            train_dir=data_args.train_dir,
+            data_files=data_args.data_files,
+            split=data_args.train_split,
+            image_column_name=data_args.image_column_name,
+            streaming=data_args.streaming,
+            cache_dir=model_args.cache_dir,
+            seed=training_args.seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+        )
+    transform = MultiCropTransform.from_lejepa_config(config, image_processor=image_processor)
+    num_labels = None
+    if training_args.online_probe and label_column is not None and not data_args.streaming:
+        num_labels = train_dataset.features[label_column].num_classes
+    train_dataset = prepare_pretraining_dataset(
+        train_dataset,
+        transform,
+        image_column,
+        label_column if num_labels else None,
+        counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
+    )
+    if data_args.streaming:
+        # Each process reads its own shards: Accelerate must not dispatch batches from process 0.
+        training_args.accelerator_config.dispatch_batches = False
+
+    # 6. Trainer, resuming from the last checkpoint of output_dir if there is one
+    trainer = LeJepaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=MultiCropCollator(),
+        processing_class=image_processor,
+        probe_num_labels=num_labels,
+        on_nonfinite_loss=training_args.on_nonfinite_loss,
+    )
+    last_checkpoint = None
+    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info(f"Resuming from {last_checkpoint}")
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+
+    # 7. Save the model, the image processor, the metrics and the model card
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    # 8. Built-in data: linear probe of the learned embeddings against a random backbone of the same shape
+    if builtin_digits and trainer.is_world_process_zero():
+        from run_evaluation import evaluate_embeddings
+
+        results = {}
+        random_model = LeJepaForPreTraining(config)
+        for name, backbone in (("lejepa", model.lejepa), ("random_init", random_model.lejepa)):
+            results[name] = evaluate_embeddings(backbone, digits["train"], eval_dataset, image_processor)
+        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(
+            f"\nLinear probe accuracy on digits: LeJEPA {results['lejepa']['linear_probe_accuracy']:.3f} vs random "
+            f"backbone {results['random_init']['linear_probe_accuracy']:.3f} (k-NN {results['lejepa']['knn_accuracy']:.3f}"
+            f" vs {results['random_init']['knn_accuracy']:.3f})"
+        )
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()
