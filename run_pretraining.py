@@ -86,14 +86,14 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream the data (larger than disk); needs max_steps."})
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."})
     max_bad_fraction: float = field(
-        default=0.1, metadata={"help": "Stop when more than this fraction of images fail to decode (they are skipped)."}
+        default=0.1, metadata={"help": "Stop when more than this fraction of images fail to decode (else skipped)."}
     )
     digits_image_size: int = field(default=32, metadata={"help": "Side of the built-in digits images, in pixels."})
 
 
 @dataclass
 class LeJepaTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the LeJEPA recipe as defaults (AdamW, lr 5e-4, wd 0.05, warmup then cosine to lr/1000)."""
+    """`TrainingArguments` with the LeJEPA recipe as defaults: AdamW, lr 5e-4, wd 0.05, warmup, cosine to lr/1000."""
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
@@ -233,10 +233,11 @@ def main() -> None:
             results[name] = evaluate_embeddings(backbone, digits["train"], eval_dataset, image_processor)
         with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
             json.dump(results, f, indent=2)
+        trained, random_init = results["lejepa"], results["random_init"]
         print(
-            f"\nLinear probe accuracy on digits: LeJEPA {results['lejepa']['linear_probe_accuracy']:.3f} vs random "
-            f"backbone {results['random_init']['linear_probe_accuracy']:.3f} (k-NN {results['lejepa']['knn_accuracy']:.3f}"
-            f" vs {results['random_init']['knn_accuracy']:.3f})"
+            f"\nDigits, frozen embeddings: linear probe {trained['linear_probe_accuracy']:.3f} (LeJEPA) vs "
+            f"{random_init['linear_probe_accuracy']:.3f} (random backbone); k-NN {trained['knn_accuracy']:.3f} vs "
+            f"{random_init['knn_accuracy']:.3f}"
         )
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -56,7 +56,8 @@ def test_sigreg_and_gradients_match_single_process(tmp_path):
 def test_training_losses_match_single_process(tmp_path, batch_norm, rtol):
     """Same global batches of 16 for 8 steps. Without BatchNorm the runs are the same computation, so the losses
     agree to float32 rounding. The projector's BatchNorm normalises with per-process statistics (as the paper's
-    code does), each process's 8 images instead of all 16, so the runs drift apart slightly: measured up to 5% over 8 steps at lr 1e-2, tested within 10%."""
+    code does), each process's 8 images instead of all 16, so the runs drift apart slightly: measured up to 5% over
+    8 steps at lr 1e-2, tested within 10%."""
     extra = ("--batch_norm",) if batch_norm else ()
     launch("train", tmp_path / "one", 1, *extra)
     launch("train", tmp_path / "two", 2, *extra)

@@ -69,6 +69,7 @@ class LeJepaTrainer(Trainer):
             self.probe = nn.Sequential(nn.LayerNorm(size), nn.Linear(size, probe_num_labels)).to(self.args.device)
         self._window = {name: 0.0 for name in _METRICS}
         self._window_counts = {name: 0 for name in _METRICS}
+        self._skipped_images: torch.Tensor | int = 0  # on this process, since the start of training
 
     # ------------------------------------------------------------------------------------------------ optimisation
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -89,6 +90,8 @@ class LeJepaTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         labels = inputs.get("labels")
+        if inputs.get("num_skipped") is not None:  # images of this batch that failed to decode (MultiCropCollator)
+            self._skipped_images = self._skipped_images + inputs["num_skipped"].detach().sum()
         outputs = model(
             pixel_values=inputs["pixel_values"],
             local_pixel_values=inputs.get("local_pixel_values"),
@@ -103,9 +106,10 @@ class LeJepaTrainer(Trainer):
         self._accumulate("embedding_std", embeddings.float().std(dim=0).mean())
         if self.probe is not None and labels is not None and model.training:
             logits = self.probe(embeddings.float())
-            probe_loss = nn.functional.cross_entropy(logits, labels)
+            probe_loss = nn.functional.cross_entropy(logits, labels)  # unlabelled images (-100) are ignored
+            labelled = labels != -100
             self._accumulate("probe_loss", probe_loss.detach())
-            self._accumulate("probe_accuracy", (logits.argmax(-1) == labels).float().mean())
+            self._accumulate("probe_accuracy", (logits.argmax(-1) == labels)[labelled].float().mean())
             # The probe's gradient joins the backward pass without changing the value of the loss.
             loss = loss + (probe_loss - probe_loss.detach())
         return (loss, outputs) if return_outputs else loss
@@ -156,6 +160,11 @@ class LeJepaTrainer(Trainer):
             for name, total, count in zip(_METRICS, sums.tolist(), counts.tolist()):
                 if count > 0:
                     logs[name] = round(total / count, 6)
+            skipped = torch.as_tensor(self._skipped_images, dtype=torch.float64).to(self.args.device)
+            if self.accelerator.num_processes > 1:
+                skipped = self.accelerator.reduce(skipped, "sum")
+            if skipped.item() > 0:
+                logs["skipped_images"] = int(skipped.item())
             if self.nonfinite_steps:
                 logs["nonfinite_steps"] = self.nonfinite_steps
             std = logs.get("embedding_std")
