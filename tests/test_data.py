@@ -337,7 +337,7 @@ def test_batch_transform_skips_and_counts_bad_samples(bad_values, jpeg_bytes):
     assert batch["pixel_values"].shape == (2, 2, 3, 32, 32)
     assert batch["local_pixel_values"].shape == (2, 6, 3, 16, 16)
     assert batch["labels"].tolist() == [3, -100]
-    assert collator.num_skipped == len(bad_values) + 1
+    assert collator.num_skipped == batch["num_skipped"].item() == len(bad_values) + 1
 
     dropping = MultiCropBatchTransform(MultiCropTransform(**TINY), "image", "label", drop_bad_samples=True)
     output = dropping({"image": images, "label": labels})
@@ -376,7 +376,8 @@ def test_collator_shapes_labels_and_errors():
 
     global_only = MultiCropTransform(num_local_views=0, **TINY)
     batch = MultiCropCollator()([global_only(natural_image()), global_only(natural_image())])
-    assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (2, 2, 3, 32, 32)
+    assert set(batch) == {"pixel_values", "num_skipped"} and batch["pixel_values"].shape == (2, 2, 3, 32, 32)
+    assert batch["num_skipped"].item() == 0
 
     collator = MultiCropCollator()
     with pytest.raises(RuntimeError, match="Every example of this batch \\(2\\) failed"):
