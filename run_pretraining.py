@@ -18,16 +18,17 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
+import torch
 import transformers
 from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessor, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
 from trainer import (
     BadSampleCounter,
@@ -65,6 +66,13 @@ class ModelArguments:
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "An image processor whose mean/std normalise the views; ImageNet's if unset."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Backbone attention: 'sdpa' (default where supported), 'flash_attention_2', 'eager', ..."},
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "Use the channels_last memory format (faster ConvNets on GPUs)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and data."})
 
@@ -150,10 +158,14 @@ def main() -> None:
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
         config = LeJepaConfig.from_dict(config.to_dict())  # validates the new values
+    if model_args.attn_implementation:
+        config.backbone_config._attn_implementation = model_args.attn_implementation
     if model_args.model_name_or_path:
         model = LeJepaForPreTraining.from_pretrained(model_args.model_name_or_path, config=config)
     else:
         model = LeJepaForPreTraining(config)
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
 
     # 4. Image processor: its mean/std normalise the views; it is saved with the model for inference
@@ -217,30 +229,48 @@ def main() -> None:
             logger.info(f"Resuming from {last_checkpoint}")
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
 
-    # 7. Save the model, the image processor, the metrics and the model card
+    # 7. Save the model, the image processor and the metrics
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
 
-    # 8. Built-in data: linear probe of the learned embeddings against a random backbone of the same shape
+    # 8. Built-in data: linear probe and k-NN of the learned embeddings against a random backbone of the same shape
+    eval_results = None
     if builtin_digits and trainer.is_world_process_zero():
         from run_evaluation import evaluate_embeddings
 
-        results = {}
-        random_model = LeJepaForPreTraining(config)
-        for name, backbone in (("lejepa", model.lejepa), ("random_init", random_model.lejepa)):
-            results[name] = evaluate_embeddings(backbone, digits["train"], eval_dataset, image_processor)
-        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        trained, random_init = results["lejepa"], results["random_init"]
+        trained = evaluate_embeddings(
+            model.lejepa, digits["train"], eval_dataset, image_processor,
+            spectrum_plot_path=os.path.join(training_args.output_dir, "embedding_spectrum.png"),
+        )
+        random_init = evaluate_embeddings(LeJepaForPreTraining(config).lejepa, digits["train"], eval_dataset,
+                                          image_processor)
+        eval_results = {**trained, "dataset_name": "digits", "train_split": "train", "eval_split": "test",
+                        "random_init_baseline": random_init}
         print(
             f"\nDigits, frozen embeddings: linear probe {trained['linear_probe_accuracy']:.3f} (LeJEPA) vs "
             f"{random_init['linear_probe_accuracy']:.3f} (random backbone); k-NN {trained['knn_accuracy']:.3f} vs "
             f"{random_init['knn_accuracy']:.3f}"
         )
+
+    # 9. The model card (recipe, loss curves, evaluation), then the Hub
+    base_model = model_args.model_name_or_path
+    if base_model and os.path.isdir(base_model):  # only a Hub id is a valid `base_model`
+        base_model = None
+    if trainer.is_world_process_zero():
+        build_model_card(
+            config,
+            training_args.output_dir,
+            training_args=training_args.to_dict() | {"world_size": training_args.world_size},
+            log_history=trainer.state.log_history,
+            eval_results=eval_results,
+            dataset_names=[data_args.dataset_name] if data_args.dataset_name else None,
+            base_model=base_model,
+            model_id=training_args.hub_model_id,
+        )
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub(dataset=data_args.dataset_name, finetuned_from=base_model)
 
 
 if __name__ == "__main__":

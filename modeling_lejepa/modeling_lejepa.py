@@ -87,6 +87,9 @@ class LeJepaModel(LeJepaPreTrainedModel):
     the backbone pools otherwise). Any input resolution works: ViT position embeddings are interpolated.
     """
 
+    # A pretraining or classification checkpoint loads as the backbone alone without a report of unused heads.
+    _keys_to_ignore_on_load_unexpected = [r"^projector\.", r"^norm\.", r"^classifier\."]
+
     def __init__(self, config: LeJepaConfig):
         super().__init__(config)
         backbone_kwargs = {}

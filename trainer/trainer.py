@@ -179,11 +179,41 @@ class LeJepaTrainer(Trainer):
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------------- the Hub
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes the LeJEPA model card (`model_cards.build_model_card`: recipe, loss curves, evaluation results kept
+        from earlier cards) into `output_dir`, instead of Trainer's generic one. Called by `push_to_hub`."""
+        if not self.is_world_process_zero():
+            return
+        from model_cards import build_model_card
+
+        build_model_card(
+            self.model.config,
+            self.args.output_dir,
+            training_args=self.args.to_dict() | {"world_size": self.args.world_size},
+            log_history=self.state.log_history,
+            dataset_names=dataset or dataset_tags,
+            base_model=finetuned_from,
+            license=license or "apache-2.0",
+            model_id=self.hub_model_id or model_name,
+        )
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # Trainer copies only config and weights before an intermediate push: bring the remote code and our model
-        # card along, so every revision on the Hub loads with `trust_remote_code=True`.
-        if self.is_world_process_zero():
+        # Trainer copies only config and weights into output_dir before an intermediate push: bring the remote code
+        # along and write our card, so that every revision on the Hub loads with `trust_remote_code=True`.
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
             for name in os.listdir(checkpoint_folder):
-                if name.endswith(".py") or name in ("README.md",) or name.endswith(".png"):
+                if name.endswith(".py"):
                     shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+            self.create_model_card()
         super()._push_from_checkpoint(checkpoint_folder)

@@ -1,0 +1,673 @@
+"""Model cards of LeJEPA checkpoints and of their exported backbones.
+
+`build_model_card` writes the `README.md` of a LeJEPA checkpoint: Hub metadata (`library_name`, `pipeline_tag`,
+tags, datasets, license, base model, `model-index`), how to load it, the full training recipe, the loss curves, the
+evaluation results with the embedding spectrum, and the citation. `update_model_card` adds evaluation results to an
+existing card, and `build_backbone_model_card` writes the card of a backbone exported by `export_backbone.py`.
+
+The raw evaluation results rendered in a card are kept beside it in `lejepa_eval_results.json`, so that evaluations
+on several datasets accumulate and a card rebuilt later keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import AutoModel, PreTrainedConfig
+
+from .plots import plot_embedding_spectrum, plot_loss_curves
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
+CARD_TEMPLATE = TEMPLATE_DIR / "template.md"
+BACKBONE_CARD_TEMPLATE = TEMPLATE_DIR / "backbone_template.md"
+EVAL_SECTION_TEMPLATE = TEMPLATE_DIR / "eval_section.md"
+
+LOSS_PLOT_NAME = "loss_curves.png"
+SPECTRUM_PLOT_NAME = "embedding_spectrum.png"
+EVAL_RESULTS_NAME = "lejepa_eval_results.json"
+EVAL_SECTION_START = "<!-- lejepa-evaluation:start -->"
+EVAL_SECTION_END = "<!-- lejepa-evaluation:end -->"
+
+BASE_TAGS = ["lejepa", "jepa", "self-supervised", "vision"]
+CITATION = """@article{balestriero2025lejepa,
+  title   = {LeJEPA: Provable and Scalable Self-Supervised Learning Without the Heuristics},
+  author  = {Balestriero, Randall and LeCun, Yann},
+  journal = {arXiv preprint arXiv:2511.08544},
+  year    = {2025},
+  url     = {https://arxiv.org/abs/2511.08544}
+}"""
+
+# (attribute of LeJepaConfig, meaning) in the order of the recipe table.
+LEJEPA_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("lambda_sigreg", "weight of SIGReg: `loss = (1 - lambda) * prediction + lambda * SIGReg`"),
+    ("sigreg_num_slices", "random unit directions of SIGReg, resampled every step"),
+    ("sigreg_num_knots", "trapezoid knots of the Epps-Pulley integral"),
+    ("sigreg_t_max", "integration range `[-t_max, t_max]` of the Epps-Pulley integral"),
+    ("projector_num_layers", "linear layers of the projector (Linear-BN-ReLU blocks, then Linear)"),
+    ("projector_hidden_size", "width of the projector's hidden layers"),
+    ("projector_output_size", "dimension of the projections the loss sees"),
+    ("projector_use_batch_norm", "BatchNorm in the projector's hidden blocks"),
+    ("num_global_views", "global views per image (their mean projection is the target)"),
+    ("num_local_views", "local views per image"),
+    ("global_image_size", "side of the global views, px"),
+    ("local_image_size", "side of the local views, px"),
+    ("global_crop_scale", "`RandomResizedCrop` area range of the global views"),
+    ("local_crop_scale", "`RandomResizedCrop` area range of the local views"),
+)
+# Backbone configuration attributes shown in the card when the backbone has them.
+BACKBONE_SETTINGS: tuple[str, ...] = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "image_size",
+    "layer_type",
+    "depths",
+    "hidden_sizes",
+    "embedding_size",
+    "architecture",
+    "drop_path_rate",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
+_DISPLAY_NAMES = {
+    "vit": "ViT",
+    "deit": "DeiT",
+    "dinov2": "DINOv2",
+    "dinov2_with_registers": "DINOv2 with registers",
+    "convnext": "ConvNeXt",
+    "convnextv2": "ConvNeXt V2",
+    "resnet": "ResNet",
+    "timm_wrapper": "timm",
+}
+# Backbones whose LeJEPA embedding is the final-normed CLS token (built without their Linear + tanh pooler).
+CLS_TOKEN_BACKBONES = ("vit", "deit")
+
+
+def model_card_tags(backbone_type: str) -> list[str]:
+    """Hub tags of a LeJEPA model card: `lejepa`, `jepa`, `self-supervised`, `vision` and the backbone's type."""
+    return BASE_TAGS + ([backbone_type] if backbone_type not in BASE_TAGS else [])
+
+
+def backbone_class_name(backbone_config: PreTrainedConfig) -> str:
+    """Name of the `transformers` class that `AutoModel` builds for `backbone_config` (e.g. `ViTModel`)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    name = MODEL_MAPPING_NAMES.get(backbone_config.model_type)
+    if isinstance(name, (list, tuple)):
+        name = name[0]
+    return name or type(backbone_config).__name__.replace("Config", "Model")
+
+
+def embedding_rule(backbone_type: str, exported: bool = False) -> tuple[str, str]:
+    """
+    How to read the LeJEPA image embedding off the backbone's outputs.
+
+    Args:
+        backbone_type (`str`): `model_type` of the backbone.
+        exported (`bool`, *optional*, defaults to `False`): describe a backbone exported by `export_backbone.py` (a
+            plain `transformers` model) rather than a `LeJepaModel`, whose `pooler_output` always is the embedding.
+
+    Returns:
+        `(expression, explanation)`: a Python expression on `outputs` and a Markdown sentence.
+    """
+    if backbone_type in CLS_TOKEN_BACKBONES:
+        if exported:
+            return (
+                "outputs.pooler_output",
+                "the embedding is the final-layer-normed CLS token, `outputs.last_hidden_state[:, 0]`. LeJEPA "
+                'trains no pooler, so the export sets the configuration\'s `pooler_act` to `"linear"` and the '
+                "pooler's dense layer to the identity: `outputs.pooler_output` (and the pipeline's `pool=True`) "
+                "returns exactly the same embedding, instead of going through a randomly initialised Linear + tanh.",
+            )
+        return "outputs.pooler_output", "the final-layer-normed CLS token, `last_hidden_state[:, 0]`"
+    if backbone_type.startswith("dinov2"):
+        rule = "the final-layer-normed CLS token, `last_hidden_state[:, 0]`, which is the model's `pooler_output`"
+        return "outputs.pooler_output", (f"the embedding is {rule}." if exported else rule)
+    if backbone_type.startswith("convnext"):
+        rule = "the layer-normed global average of the last feature map, the model's `pooler_output`"
+        return "outputs.pooler_output", (f"the embedding is {rule}." if exported else rule)
+    if backbone_type == "resnet":
+        if exported:
+            return (
+                "outputs.pooler_output.flatten(1)",
+                "the embedding is the global average of the last feature map, `outputs.pooler_output`, of shape "
+                "`(batch, channels, 1, 1)` in `ResNetModel`: flatten it to `(batch, channels)`.",
+            )
+        return "outputs.pooler_output", "the global average of the last feature map, flattened"
+    if exported:
+        return "outputs.pooler_output.flatten(1)", "the embedding is the model's `pooler_output`, flattened."
+    return "outputs.pooler_output", "the backbone's pooled output, flattened"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_format_value(v) for v in value) + ")"
+    return str(value)
+
+
+def _format_count(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return str(count)
+
+
+def count_backbone_parameters(backbone_config: PreTrainedConfig) -> int | None:
+    """Parameters of the backbone that `AutoModel.from_config` builds (without the ViT pooler), counted on the meta
+    device so nothing is allocated; `None` when the model cannot be built this way (e.g. timm is missing)."""
+    kwargs = {"add_pooling_layer": False} if backbone_config.model_type in CLS_TOKEN_BACKBONES else {}
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(backbone_config, **kwargs)
+    except Exception:  # the count is informative only: any failure to build the model just omits it
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def embedding_size_of(backbone_config: PreTrainedConfig) -> int | None:
+    """Dimension of the embedding of a backbone, as `LeJepaModel.embedding_size` computes it, from its config."""
+    for name in ("num_features", "hidden_size"):
+        if isinstance(getattr(backbone_config, name, None), int):
+            return getattr(backbone_config, name)
+    if getattr(backbone_config, "hidden_sizes", None):
+        return backbone_config.hidden_sizes[-1]
+    return None
+
+
+def _backbone_description(backbone_config: PreTrainedConfig, num_parameters: int | None) -> str:
+    name = _DISPLAY_NAMES.get(backbone_config.model_type, backbone_config.model_type)
+    patch_size = getattr(backbone_config, "patch_size", None)
+    if isinstance(patch_size, int) and backbone_config.model_type in ("vit", "deit", "dinov2"):
+        name = f"{name}/{patch_size}"
+    if num_parameters:
+        return f"a {name} ({_format_count(num_parameters)} parameters)"
+    return f"a {name}"
+
+
+def _backbone_rows(backbone_config: PreTrainedConfig, num_parameters: int | None) -> list[tuple[str, str]]:
+    rows = [("Architecture", f"`{backbone_class_name(backbone_config)}` (`{backbone_config.model_type}`)")]
+    if num_parameters:
+        rows.append(("Parameters", f"{_format_count(num_parameters)} ({num_parameters:,})"))
+    embedding_size = embedding_size_of(backbone_config)
+    if embedding_size:
+        rows.append(("Embedding size", str(embedding_size)))
+    for name in BACKBONE_SETTINGS:
+        value = getattr(backbone_config, name, None)
+        if value is not None and value != "" and not (name == "embedding_size" and value == embedding_size):
+            rows.append((f"`{name}`", _format_value(value)))
+    return rows
+
+
+def _lejepa_rows(model_config: PreTrainedConfig) -> list[tuple[str, str, str]]:
+    return [
+        (name, _format_value(getattr(model_config, name)), meaning)
+        for name, meaning in LEJEPA_SETTINGS
+        if hasattr(model_config, name)
+    ]
+
+
+def _training_rows(training_args: Any) -> list[tuple[str, str]]:
+    """The settings of a `TrainingArguments` (or of its `to_dict()`) that define the training recipe."""
+    if training_args is None:
+        return []
+    if hasattr(training_args, "to_dict"):
+        args = training_args.to_dict()
+        world_size = getattr(training_args, "world_size", None)
+    else:
+        args = dict(training_args)
+        world_size = args.get("world_size")
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, key: str) -> None:
+        if args.get(key) is not None:
+            rows.append((label, _format_value(args[key])))
+
+    add("Optimizer", "optim")
+    add("Learning rate (peak)", "learning_rate")
+    add("Weight decay", "weight_decay")
+    if args.get("adam_beta1") is not None and args.get("adam_beta2") is not None:
+        rows.append(("Adam betas", _format_value((args["adam_beta1"], args["adam_beta2"]))))
+    add("Adam epsilon", "adam_epsilon")
+    if args.get("lr_scheduler_type") is not None:
+        scheduler = _format_value(args["lr_scheduler_type"])
+        kwargs = args.get("lr_scheduler_kwargs")
+        if isinstance(kwargs, str) and kwargs:
+            kwargs = json.loads(kwargs)
+        if kwargs:
+            scheduler += " (" + ", ".join(f"{k}={_format_value(v)}" for k, v in kwargs.items()) + ")"
+        rows.append(("Learning-rate schedule", scheduler))
+    warmup = args.get("warmup_steps")
+    if warmup:
+        rows.append(
+            ("Warmup", f"{warmup:.0%} of the steps, linear" if 0 < warmup < 1 else f"{int(warmup)} steps, linear")
+        )
+    if args.get("warmup_ratio"):
+        rows.append(("Warmup ratio", _format_value(args["warmup_ratio"])))
+    add("Batch size per device", "per_device_train_batch_size")
+    add("Gradient accumulation steps", "gradient_accumulation_steps")
+    if world_size:
+        rows.append(("Processes", str(world_size)))
+    total = args.get("total_train_batch_size")
+    if total is None and world_size and args.get("per_device_train_batch_size"):
+        total = args["per_device_train_batch_size"] * args.get("gradient_accumulation_steps", 1) * world_size
+    if total:
+        rows.append(("Global batch size", str(total)))
+    if args.get("max_steps") and args["max_steps"] > 0:
+        rows.append(("Training steps", str(args["max_steps"])))
+    elif args.get("num_train_epochs") is not None:
+        rows.append(("Epochs", _format_value(args["num_train_epochs"])))
+    precision = "bf16 mixed precision" if args.get("bf16") else "fp16 mixed precision" if args.get("fp16") else "fp32"
+    if args.get("tf32"):
+        precision += ", TF32 matmuls"
+    rows.append(("Precision", precision))
+    add("Gradient clipping (max norm)", "max_grad_norm")
+    add("Seed", "seed")
+    return rows
+
+
+def _load_log_history(output_dir: Path) -> list[dict[str, Any]] | None:
+    state_file = output_dir / "trainer_state.json"
+    if state_file.is_file():
+        return json.loads(state_file.read_text(encoding="utf-8")).get("log_history")
+    return None
+
+
+def _last_losses(log_history: Sequence[Mapping[str, Any]]) -> str | None:
+    last = next((entry for entry in reversed(log_history) if "loss" in entry and "step" in entry), None)
+    if last is None:
+        return None
+    parts = [
+        f"{label} {float(last[key]):.4g}"
+        for key, label in (("loss", "total loss"), ("prediction_loss", "prediction"), ("sigreg_loss", "SIGReg"))
+        if last.get(key) is not None
+    ]
+    return f"Last logged values (step {last['step']}): " + ", ".join(parts) + "."
+
+
+def _as_result_list(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    if eval_results is None:
+        return []
+    if isinstance(eval_results, Mapping):
+        return [dict(eval_results)]
+    return [dict(result) for result in eval_results]
+
+
+def _result_key(result: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (result.get("dataset_name"), result.get("dataset_config_name"), result.get("eval_split"))
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.2f}%"
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{float(value):.{digits}g}"
+
+
+def _result_row(result: Mapping[str, Any], model_label: str) -> dict[str, str]:
+    dataset = result.get("dataset_display_name") or result.get("dataset_name") or "unknown"
+    if result.get("dataset_config_name"):
+        dataset += f" ({result['dataset_config_name']})"
+    splits = f"{result.get('train_split', '?')} / {result.get('eval_split', '?')}"
+    if result.get("num_train_samples") is not None and result.get("num_eval_samples") is not None:
+        splits += f" ({result['num_train_samples']} / {result['num_eval_samples']} images)"
+    rank = _number(result.get("effective_rank"), 3)
+    if result.get("embedding_size") and result.get("effective_rank") is not None:
+        rank += f" / {result['embedding_size']}"
+    return {
+        "model": model_label,
+        "dataset": dataset,
+        "splits": splits,
+        "knn": _percent(result.get("knn_accuracy")),
+        "linear": _percent(result.get("linear_probe_accuracy")),
+        "rank": rank,
+        "sigreg": _number(result.get("sigreg_statistic")),
+    }
+
+
+def render_evaluation_section(
+    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, spectrum_plot: str | None = None
+) -> str:
+    """
+    Markdown of the evaluation section of a card, between `EVAL_SECTION_START` and `EVAL_SECTION_END`.
+
+    Args:
+        eval_results (`dict` or list of `dict`, *optional*): results of `run_evaluation.evaluate_embeddings` (keys
+            such as `knn_accuracy`, `linear_probe_accuracy`, `effective_rank`, `sigreg_statistic`, `dataset_name`,
+            `eval_split`, and optionally `random_init_baseline` with the same metrics for a randomly initialised
+            backbone of the same shape).
+        spectrum_plot (`str`, *optional*): relative path of the eigenvalue spectrum PNG to show.
+    """
+    results = _as_result_list(eval_results)
+    rows, protocols, sizes = [], [], []
+    for result in results:
+        rows.append(_result_row(result, "this model"))
+        if isinstance(result.get("random_init_baseline"), Mapping):
+            rows.append(_result_row({**result, **result["random_init_baseline"]}, "random init, same architecture"))
+        for key in ("knn_protocol", "linear_probe_protocol"):
+            if result.get(key) and result[key] not in protocols:
+                protocols.append(result[key])
+        if result.get("embedding_size") and result["embedding_size"] not in sizes:
+            sizes.append(result["embedding_size"])
+    if rows and not protocols:
+        protocols = ["k-NN and linear-probe accuracies are computed on the frozen embeddings."]
+    template = jinja2.Template(EVAL_SECTION_TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(
+        rows=rows,
+        protocols=protocols,
+        embedding_sizes="/".join(str(size) for size in sizes) or "D",
+        spectrum_plot=spectrum_plot,
+    ).strip()
+
+
+def hub_eval_results(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[EvalResult]:
+    """The accuracies of `eval_results` as `huggingface_hub.EvalResult`s for the card's `model-index` (the random-init
+    baselines, the effective rank and the SIGReg statistic are only in the card's body)."""
+    hub_results = []
+    for result in _as_result_list(eval_results):
+        dataset_type = result.get("dataset_name") or "unknown"
+        metrics = (
+            ("knn_accuracy", f"k-NN accuracy (k={result.get('knn_k', '?')}, frozen)"),
+            ("linear_probe_accuracy", "Linear probe accuracy (frozen)"),
+        )
+        for key, metric_name in metrics:
+            if result.get(key) is None:
+                continue
+            hub_results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image classification (frozen features)",
+                    dataset_type=dataset_type,
+                    dataset_name=result.get("dataset_display_name") or dataset_type,
+                    dataset_config=result.get("dataset_config_name"),
+                    dataset_split=result.get("eval_split"),
+                    metric_type="accuracy",
+                    metric_name=metric_name,
+                    metric_value=round(float(result[key]), 6),
+                )
+            )
+    return hub_results
+
+
+def _merge_results(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`old` results with those of the same dataset, configuration and split replaced by `new` ones."""
+    new_keys = {_result_key(result) for result in new}
+    return [dict(r) for r in old if _result_key(r) not in new_keys] + [dict(r) for r in new]
+
+
+def _read_results(card_dir: Path) -> list[dict[str, Any]]:
+    path = card_dir / EVAL_RESULTS_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def _write_results(card_dir: Path, results: Sequence[Mapping[str, Any]]) -> None:
+    (card_dir / EVAL_RESULTS_NAME).write_text(json.dumps(list(results), indent=2) + "\n", encoding="utf-8")
+
+
+def _card_data(
+    backbone_type: str,
+    dataset_names: str | Sequence[str] | None,
+    license: str | None,
+    base_model: str | None,
+    model_name: str,
+    eval_results: Sequence[Mapping[str, Any]],
+) -> ModelCardData:
+    if isinstance(dataset_names, str):
+        dataset_names = [dataset_names]
+    hub_results = hub_eval_results(eval_results)
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        tags=model_card_tags(backbone_type),
+        datasets=list(dataset_names) if dataset_names else None,
+        license=license,
+        base_model=base_model,
+        model_name=model_name if hub_results else None,  # only used (and written) for the model-index
+        eval_results=hub_results or None,
+    )
+
+
+def _save(card: ModelCard, path: Path) -> None:
+    """Saves `card` with a final newline (Jinja drops the template's)."""
+    if not card.text.endswith("\n"):
+        card.text += "\n"
+    card.save(path)
+
+
+def _image_size(model_config: PreTrainedConfig) -> int:
+    size = getattr(model_config, "global_image_size", None) or getattr(model_config, "image_size", None) or 224
+    return size[0] if isinstance(size, (list, tuple)) else int(size)
+
+
+def build_model_card(
+    model_config: PreTrainedConfig,
+    output_dir: str | os.PathLike,
+    training_args: Any = None,
+    log_history: Iterable[Mapping[str, Any]] | None = None,
+    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    dataset_names: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+    license: str | None = "apache-2.0",
+    model_id: str | None = None,
+    embeddings: np.ndarray | None = None,
+) -> ModelCard:
+    """
+    Writes `README.md`, the model card of a LeJEPA checkpoint, into `output_dir`, with its plots next to it.
+
+    Args:
+        model_config (`LeJepaConfig`): configuration of the checkpoint.
+        output_dir (`str` or `os.PathLike`): the checkpoint folder (created if missing).
+        training_args (`TrainingArguments` or `dict`, *optional*): the training arguments, or their `to_dict()`
+            (a `dict` may add `world_size` or `total_train_batch_size`).
+        log_history (list of `dict`, *optional*): `trainer.state.log_history`; when `None`, read from
+            `output_dir/trainer_state.json` if there is one. Entries with `loss`, `prediction_loss` and `sigreg_loss`
+            give the loss curves, `loss_curves.png`.
+        eval_results (`dict` or list of `dict`, *optional*): results of `run_evaluation.evaluate_embeddings`, shown in
+            the body and, for the accuracies, in the `model-index` metadata. They are saved in
+            `lejepa_eval_results.json`; when `None`, the results already saved there (by an earlier card or
+            `run_evaluation.py --update_model_card`) are used.
+        dataset_names (`str` or list of `str`, *optional*): Hub ids of the pretraining datasets.
+        base_model (`str`, *optional*): Hub id of the model this one was initialised from.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): license identifier.
+        model_id (`str`, *optional*): Hub repository id used in the card's code and as the model name; defaults to
+            the name of `output_dir`.
+        embeddings (`np.ndarray` of shape `(N, D)`, *optional*): embeddings of held-out images, plotted as the
+            eigenvalue spectrum `embedding_spectrum.png` (an existing plot of that name is linked otherwise).
+
+    Returns:
+        The `huggingface_hub.ModelCard`, also saved as `output_dir/README.md`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    backbone_config = model_config.backbone_config
+    backbone_type = backbone_config.model_type
+    model_name = model_id or output_dir.resolve().name
+
+    if log_history is None:
+        log_history = _load_log_history(output_dir)
+    log_history = list(log_history or [])
+    loss_plot = plot_loss_curves(log_history, output_dir / LOSS_PLOT_NAME) if log_history else None
+
+    if eval_results is not None:
+        results = _as_result_list(eval_results)
+        _write_results(output_dir, results)
+    else:
+        results = _read_results(output_dir)
+    if embeddings is not None:
+        plot_embedding_spectrum(embeddings, output_dir / SPECTRUM_PLOT_NAME)
+    spectrum_plot = SPECTRUM_PLOT_NAME if (output_dir / SPECTRUM_PLOT_NAME).is_file() else None
+
+    num_parameters = count_backbone_parameters(backbone_config)
+    _, rule = embedding_rule(backbone_type)
+    card = ModelCard.from_template(
+        _card_data(backbone_type, dataset_names, license, base_model, model_name, results),
+        template_path=str(CARD_TEMPLATE),
+        model_name=model_name,
+        repo_id=model_id or model_name,
+        backbone_description=_backbone_description(backbone_config, num_parameters),
+        backbone_class=f"`{backbone_class_name(backbone_config)}`",
+        embedding_size=embedding_size_of(backbone_config) or "D",
+        embedding_rule=rule,
+        unpooled_description=(
+            "patch tokens, CLS first"
+            if backbone_type in CLS_TOKEN_BACKBONES or backbone_type.startswith("dinov2")
+            else "the last feature map"
+        ),
+        is_vit=isinstance(getattr(backbone_config, "patch_size", None), int),
+        image_size=_image_size(model_config),
+        has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
+        datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
+        base_model=base_model,
+        backbone_rows=_backbone_rows(backbone_config, num_parameters),
+        lejepa_rows=_lejepa_rows(model_config),
+        training_rows=_training_rows(training_args),
+        loss_plot=LOSS_PLOT_NAME if loss_plot else None,
+        last_losses=_last_losses(log_history),
+        evaluation_section=render_evaluation_section(results, spectrum_plot),
+        citation=CITATION,
+    )
+    _save(card, output_dir / "README.md")
+    return card
+
+
+def update_model_card(
+    card_dir: str | os.PathLike,
+    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    embeddings: np.ndarray | None = None,
+) -> ModelCard:
+    """
+    Adds evaluation results to the model card `card_dir/README.md` (written by `build_model_card` or
+    `build_backbone_model_card`): results for the same dataset, configuration and split are replaced, others kept.
+    The `model-index` metadata and the evaluation section of the body are rewritten; the rest is left as is.
+
+    Args:
+        card_dir (`str` or `os.PathLike`): folder holding `README.md`.
+        eval_results (`dict` or list of `dict`): results of `run_evaluation.evaluate_embeddings`.
+        embeddings (`np.ndarray` of shape `(N, D)`, *optional*): held-out embeddings to plot as
+            `embedding_spectrum.png`.
+
+    Returns:
+        The updated `huggingface_hub.ModelCard`, also saved.
+
+    Raises:
+        `FileNotFoundError` if `card_dir` has no `README.md`.
+    """
+    card_dir = Path(card_dir)
+    card_path = card_dir / "README.md"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"No model card at {card_path}; build one first with `build_model_card`.")
+    card = ModelCard.load(card_path)
+    results = _merge_results(_read_results(card_dir), _as_result_list(eval_results))
+    _write_results(card_dir, results)
+    if embeddings is not None:
+        plot_embedding_spectrum(embeddings, card_dir / SPECTRUM_PLOT_NAME)
+    spectrum_plot = SPECTRUM_PLOT_NAME if (card_dir / SPECTRUM_PLOT_NAME).is_file() else None
+
+    card.data.model_name = card.data.model_name or card_dir.resolve().name
+    card.data.eval_results = hub_eval_results(results) or None
+    section = render_evaluation_section(results, spectrum_plot)
+    text = card.text
+    start, end = text.find(EVAL_SECTION_START), text.find(EVAL_SECTION_END)
+    if start != -1 and end > start:
+        text = text[:start] + section + text[end + len(EVAL_SECTION_END) :]
+    else:  # a card from elsewhere: put the section before the citation, or at the end
+        citation = text.find("## Citation")
+        text = (text[:citation] + section + "\n\n" + text[citation:]) if citation != -1 else text + "\n" + section
+    card.text = text
+    _save(card, card_path)
+    return card
+
+
+def build_backbone_model_card(
+    backbone_config: PreTrainedConfig,
+    output_dir: str | os.PathLike,
+    lejepa_config: PreTrainedConfig | None = None,
+    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    dataset_names: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+    license: str | None = "apache-2.0",
+    model_id: str | None = None,
+) -> ModelCard:
+    """
+    Writes `README.md` for a backbone exported by `export_backbone.py`: the same Hub metadata as the LeJEPA card, a
+    statement that it is the exported backbone, how to load it without custom code, and its embedding rule.
+
+    Args:
+        backbone_config (`PreTrainedConfig`): configuration of the exported backbone.
+        output_dir (`str` or `os.PathLike`): the export folder.
+        lejepa_config (`LeJepaConfig`, *optional*): configuration of the source checkpoint, for the pretraining
+            settings table and the image size.
+        eval_results (`dict` or list of `dict`, *optional*): evaluation results of the source model, which the
+            exported backbone shares (identical embeddings); saved in `lejepa_eval_results.json`.
+        dataset_names (`str` or list of `str`, *optional*): Hub ids of the pretraining datasets.
+        base_model (`str`, *optional*): Hub id of the source LeJEPA model.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): license identifier.
+        model_id (`str`, *optional*): Hub repository id used in the card's code; defaults to the folder name.
+
+    Returns:
+        The `huggingface_hub.ModelCard`, also saved as `output_dir/README.md`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    backbone_type = backbone_config.model_type
+    model_name = model_id or output_dir.resolve().name
+    results = _as_result_list(eval_results)
+    if results:
+        _write_results(output_dir, results)
+    spectrum_plot = SPECTRUM_PLOT_NAME if (output_dir / SPECTRUM_PLOT_NAME).is_file() else None
+    expression, rule = embedding_rule(backbone_type, exported=True)
+    native_size = getattr(backbone_config, "image_size", None)
+    embedding_size = embedding_size_of(backbone_config) or "D"
+    pooled = f"[[{embedding_size} floats]]"
+    if backbone_type == "resnet":
+        pooled = f"nested lists of shape (1, {embedding_size}, 1, 1): flatten them"
+    card = ModelCard.from_template(
+        _card_data(backbone_type, dataset_names, license, base_model, model_name, results),
+        template_path=str(BACKBONE_CARD_TEMPLATE),
+        model_name=model_name,
+        repo_id=model_id or model_name,
+        backbone_class=backbone_class_name(backbone_config),
+        base_model=base_model,
+        datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
+        has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
+        image_size=_image_size(lejepa_config if lejepa_config is not None else backbone_config),
+        native_image_size=native_size,
+        is_vit=isinstance(native_size, int) and isinstance(getattr(backbone_config, "patch_size", None), int),
+        embedding_expression=expression,
+        embedding_rule=rule,
+        embedding_size=embedding_size,
+        pipeline_pooled_description=pooled,
+        backbone_rows=_backbone_rows(backbone_config, count_backbone_parameters(backbone_config)),
+        lejepa_rows=_lejepa_rows(lejepa_config) if lejepa_config is not None else [],
+        evaluation_section=render_evaluation_section(results, spectrum_plot) if results or spectrum_plot else "",
+        citation=CITATION,
+    )
+    _save(card, output_dir / "README.md")
+    return card
+
+
+__all__ = [
+    "CITATION",
+    "build_backbone_model_card",
+    "build_model_card",
+    "embedding_rule",
+    "hub_eval_results",
+    "model_card_tags",
+    "render_evaluation_section",
+    "update_model_card",
+]

@@ -1,0 +1,156 @@
+"""Figures of the model card: training loss curves and the eigenvalue spectrum of the embedding covariance.
+
+Both functions write a PNG with matplotlib's non-interactive `Agg` backend, so they work on machines without a
+display. The spectrum helpers (`covariance_eigenvalues`, `effective_rank`) are also the isotropy figures that
+`run_evaluation.py` reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
+
+# (log_history key, panel title) of the three terms of the LeJEPA loss, as `LeJepaTrainer` logs them.
+LOSS_KEYS: tuple[tuple[str, str], ...] = (
+    ("loss", "Total loss"),
+    ("prediction_loss", "Prediction loss"),
+    ("sigreg_loss", "SIGReg"),
+)
+
+
+def covariance_eigenvalues(embeddings: np.ndarray) -> np.ndarray:
+    """
+    Eigenvalues of the covariance of `embeddings`, in decreasing order.
+
+    Args:
+        embeddings (`np.ndarray` of shape `(N, D)`): one embedding per row, `N >= 2`.
+
+    Returns:
+        `np.ndarray` of shape `(D,)` in float64; tiny negative values from round-off are clipped to 0.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"`embeddings` must have shape (N, D) with N >= 2, got {x.shape}.")
+    x = x - x.mean(axis=0, keepdims=True)
+    covariance = x.T @ x / (x.shape[0] - 1)
+    eigenvalues = np.linalg.eigvalsh(covariance)[::-1]
+    return np.clip(eigenvalues, 0.0, None)
+
+
+def effective_rank(embeddings: np.ndarray) -> float:
+    """
+    Effective rank of the embedding covariance (Roy & Vetterli, 2007): `exp(H(p))` where `p` are the covariance
+    eigenvalues normalised to sum to 1 and `H` is the Shannon entropy. It is `D` for an isotropic covariance and 1
+    when all the variance lies along one direction.
+
+    Args:
+        embeddings (`np.ndarray` of shape `(N, D)`): one embedding per row, `N >= 2`.
+
+    Returns:
+        A float in `[1, D]` (1.0 for constant embeddings).
+    """
+    eigenvalues = covariance_eigenvalues(embeddings)
+    total = eigenvalues.sum()
+    if total <= 0:
+        return 1.0
+    p = eigenvalues[eigenvalues > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _series(log_history: Iterable[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """Steps and values of `key` over the entries of a Trainer `log_history` that have both `step` and `key`."""
+    steps, values = [], []
+    for entry in log_history:
+        if key in entry and "step" in entry and entry[key] is not None:
+            steps.append(float(entry["step"]))
+            values.append(float(entry[key]))
+    return steps, values
+
+
+def plot_loss_curves(log_history: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
+    """
+    Plots the total loss, the prediction loss and SIGReg against the training step, one panel each (their scales
+    differ), from a `Trainer` `log_history` (`trainer.state.log_history`: dicts with `"step"` and any of `"loss"`,
+    `"prediction_loss"`, `"sigreg_loss"`). Entries without these keys (evaluation logs, the final summary) are skipped.
+
+    Args:
+        log_history (iterable of `dict`): the logged entries.
+        path (`str` or `os.PathLike`): where to write the PNG.
+
+    Returns:
+        The path of the PNG, or `None` (and no file) when no entry holds any of the three losses.
+    """
+    log_history = list(log_history)
+    panels = [(key, title, *_series(log_history, key)) for key, title in LOSS_KEYS]
+    panels = [panel for panel in panels if panel[2]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, title, steps, values) in zip(axes[0], panels):
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1.5)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        if min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("LeJEPA training losses")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_embedding_spectrum(embeddings: np.ndarray, path: str | os.PathLike, title: str | None = None) -> Path:
+    """
+    Plots the sorted eigenvalues of the covariance of `embeddings` on a log scale, with the isotropic reference: the
+    flat spectrum of equal total variance (every eigenvalue equal to the mean eigenvalue), which SIGReg drives the
+    embeddings towards. A spectrum that falls off quickly means a collapsed, low-rank representation.
+
+    Args:
+        embeddings (`np.ndarray` of shape `(N, D)`): embeddings of held-out images.
+        path (`str` or `os.PathLike`): where to write the PNG.
+        title (`str`, *optional*): figure title; defaults to one giving `N`, `D` and the effective rank.
+
+    Returns:
+        The path of the PNG.
+    """
+    embeddings = np.asarray(embeddings)
+    eigenvalues = covariance_eigenvalues(embeddings)
+    num_samples, dim = embeddings.shape
+    positive = eigenvalues[eigenvalues > 0]
+    floor = positive.min() * 1e-1 if positive.size else 1e-12
+    ranks = np.arange(1, dim + 1)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ranks, np.maximum(eigenvalues, floor), marker="." if dim <= 64 else None, label="embedding covariance")
+    mean_eigenvalue = eigenvalues.mean()
+    if mean_eigenvalue > 0:
+        ax.axhline(mean_eigenvalue, color="gray", linestyle="--", label="isotropic (same total variance)")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index (sorted)")
+    ax.set_ylabel("eigenvalue")
+    if title is None:
+        title = f"Embedding spectrum (N={num_samples}, D={dim}, effective rank {effective_rank(embeddings):.1f})"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["covariance_eigenvalues", "effective_rank", "plot_embedding_spectrum", "plot_loss_curves"]
