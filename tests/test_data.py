@@ -465,7 +465,7 @@ def test_imagefolder(image_folder, tmp_path):
     assert isinstance(stream, datasets.IterableDataset) and (image_column, label_column) == ("image", "label")
     rows = list(prepare_pretraining_dataset(stream, MultiCropTransform(**TINY), image_column, label_column))
     assert len(rows) == 6 and sorted(row["labels"] for row in rows) == [0, 0, 0, 1, 1, 1]
-    assert set(rows[0]) == {"pixel_values", "local_pixel_values", "labels"}
+    assert set(rows[0]) == {"pixel_values", "local_pixel_values", "labels", "num_skipped"}
 
     with pytest.raises(ValueError, match="not a directory"):
         load_pretraining_dataset(train_dir=str(tmp_path / "missing"))

@@ -1,5 +1,11 @@
 """LeJEPA pretraining with `transformers.Trainer`: the trainer, multi-crop views and data loading."""
 
+from .callbacks import (
+    GracefulShutdownCallback,
+    StreamStateCallback,
+    get_last_complete_checkpoint,
+    is_complete_checkpoint,
+)
 from .data import (
     BadSampleCounter,
     ImageDecodeError,
@@ -16,14 +22,18 @@ from .trainer import LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
     "BadSampleCounter",
+    "GracefulShutdownCallback",
     "ImageDecodeError",
     "LeJepaTrainer",
     "MultiCropCollator",
     "MultiCropConfig",
     "MultiCropTransform",
     "NonFiniteLossError",
+    "StreamStateCallback",
     "check_num_shards",
     "decode_image",
+    "get_last_complete_checkpoint",
+    "is_complete_checkpoint",
     "load_digits_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",

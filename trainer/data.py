@@ -680,6 +680,10 @@ class MultiCropBatchTransform:
     left out of the output (streams: the batch just gets shorter), otherwise its `pixel_values` is `None`, so that
     row counts stay aligned with the indices of a map-style dataset, and `MultiCropCollator` drops it.
 
+    Bad rows that never reach the collator (dropped here, or filtered out of a stream) would go unreported in the
+    trainer's `skipped_images`: with `report_skipped`, every good row carries in `"num_skipped"` the number of bad
+    rows dropped since the previous good row (of this worker), which `MultiCropCollator` adds to its count.
+
     Args:
         transform (`Callable`): maps an RGB PIL image to a dict of tensors, typically a `MultiCropTransform`.
         image_column_name (`str`): column holding the images.
@@ -688,6 +692,8 @@ class MultiCropBatchTransform:
         counter (`BadSampleCounter`, *optional*): where bad samples are counted; a new one by default.
         max_image_pixels (`int`, *optional*): see `decode_image`.
         drop_bad_samples (`bool`, defaults to `False`): leave bad samples out instead of returning `None`.
+        report_skipped (`bool`, defaults to `False`): add the `"num_skipped"` column described above (set it when bad
+            rows will not reach the collator).
     """
 
     def __init__(
@@ -698,6 +704,7 @@ class MultiCropBatchTransform:
         counter: BadSampleCounter | None = None,
         max_image_pixels: int | None = None,
         drop_bad_samples: bool = False,
+        report_skipped: bool = False,
     ):
         self.transform = transform
         self.image_column_name = image_column_name
@@ -705,6 +712,8 @@ class MultiCropBatchTransform:
         self.counter = counter if counter is not None else BadSampleCounter()
         self.max_image_pixels = max_image_pixels
         self.drop_bad_samples = drop_bad_samples
+        self.report_skipped = report_skipped
+        self._unreported = 0  # bad rows dropped since the last good row, not yet reported
         self.background_color = getattr(getattr(transform, "config", None), "background_color", (255, 255, 255))
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
@@ -725,16 +734,21 @@ class MultiCropBatchTransform:
         labels = batch.get(self.label_column_name) if self.label_column_name is not None else None
         rows: list[dict[str, torch.Tensor] | None] = []
         row_labels = []
+        row_skipped = []
         for index, value in enumerate(images):
             try:
                 image = to_rgb_image(decode_image(value, self.max_image_pixels), self.background_color)
                 views = self.transform(image)
             except ImageDecodeError as error:
                 self.counter.record_bad(error)
+                self._unreported += 1
                 if self.drop_bad_samples:
                     continue
                 views = None
             rows.append(views)
+            row_skipped.append(0 if views is None else self._unreported)
+            if views is not None:
+                self._unreported = 0
             if labels is not None:
                 row_labels.append(-100 if labels[index] is None else labels[index])
         self.counter.record_good(sum(row is not None for row in rows))
@@ -744,6 +758,8 @@ class MultiCropBatchTransform:
         output = {key: [None if row is None else row[key] for row in rows] for key in keys}
         if labels is not None:
             output["labels"] = row_labels
+        if self.report_skipped:
+            output["num_skipped"] = row_skipped
         return output
 
 
@@ -752,7 +768,8 @@ class MultiCropCollator:
     """
     Stacks examples from `MultiCropBatchTransform` (or any dicts with the same keys) into model inputs:
     `pixel_values` `(B, Vg, C, H, W)`, `local_pixel_values` `(B, Vl, C, h, w)` when the examples have local views,
-    `num_skipped` (a 0-d tensor: the examples of this batch that failed to decode, which `LeJepaTrainer` logs as
+    `num_skipped` (a 0-d tensor: the examples of this batch that failed to decode, plus the `"num_skipped"` that kept
+    examples carry for bad rows filtered out earlier, e.g. in a stream; `LeJepaTrainer` logs it as
     `skipped_images`), and `labels` `(B,)` when they have labels (`"labels"` or `"label"`) and `return_labels` is
     set. Each view is
     copied once, by a single `torch.stack` per key.
@@ -775,7 +792,8 @@ class MultiCropCollator:
 
     def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         kept = [example for example in examples if example is not None and example.get("pixel_values") is not None]
-        self.num_skipped += len(examples) - len(kept)
+        num_skipped = len(examples) - len(kept) + sum(int(example.get("num_skipped") or 0) for example in kept)
+        self.num_skipped += num_skipped
         if not kept:
             raise RuntimeError(
                 f"Every example of this batch ({len(examples)}) failed to decode, so there is nothing to train on. "
@@ -783,7 +801,7 @@ class MultiCropCollator:
             )
         batch = {"pixel_values": torch.stack([example["pixel_values"] for example in kept])}
         # travels with the batch out of the DataLoader worker, so that the trainer can log it
-        batch["num_skipped"] = torch.tensor(len(examples) - len(kept))
+        batch["num_skipped"] = torch.tensor(num_skipped)
         if kept[0].get("local_pixel_values") is not None:
             batch["local_pixel_values"] = torch.stack([example["local_pixel_values"] for example in kept])
         if self.return_labels:
@@ -1070,6 +1088,7 @@ def prepare_pretraining_dataset(
         label_column_name=label_column_name,
         counter=counter,
         max_image_pixels=max_image_pixels,
+        report_skipped=streaming,  # the stream's filter drops bad rows before the collator
     )
     if not streaming:
         return dataset.with_transform(batch_transform)

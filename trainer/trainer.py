@@ -5,16 +5,30 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import types
 from typing import Any
 
+import datasets
+import safetensors.torch
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
+
+from .callbacks import (
+    _CHECKPOINT_RE,
+    GracefulShutdownCallback,
+    StreamStateCallback,
+    get_last_complete_checkpoint,
+    is_complete_checkpoint,
+    is_stateful_dataloader_available,
+    read_stream_states,
+)
 
 logger = logging.get_logger(__name__)
 
+PROBE_WEIGHTS_NAME = "probe.safetensors"  # the online probe's weights, in each checkpoint
 # Per-window sums of the loss terms (and of the online probe), logged next to Trainer's own `loss`.
 _METRICS = ("prediction_loss", "sigreg_loss", "probe_loss", "probe_accuracy", "embedding_std")
 
@@ -41,9 +55,16 @@ class LeJepaTrainer(Trainer):
             Learning rate of the probe's parameter group (no weight decay).
         on_nonfinite_loss (`str`, *optional*, defaults to `"raise"`):
             What to do when a loss term is NaN or infinite: `"raise"` stops the run naming the step and the term,
-            `"skip"` zeroes that step's loss (no update from it) and counts it in `nonfinite_steps`.
+            `"skip"` skips that optimizer step (parameters, optimizer state and BatchNorm statistics are left as they
+            were; the learning-rate schedule moves on), counts it in `nonfinite_steps` and logs it. With several
+            processes the step is skipped on all of them when any one sees a non-finite loss.
         collapse_std_threshold (`float`, *optional*, defaults to 1e-3):
             A warning is logged when the mean per-dimension standard deviation of the embeddings falls below it.
+        save_on_sigterm (`bool`, *optional*, defaults to `True`):
+            On SIGTERM, save a checkpoint at the end of the current step and stop (`GracefulShutdownCallback`);
+            `stopped_by_signal` then holds the signal number. For streamed datasets (with `torchdata` installed and
+            `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on
+            resume (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
         kwargs: passed to [`~transformers.Trainer`].
     """
 
@@ -54,6 +75,7 @@ class LeJepaTrainer(Trainer):
         probe_learning_rate: float = 1e-3,
         on_nonfinite_loss: str = "raise",
         collapse_std_threshold: float = 1e-3,
+        save_on_sigterm: bool = True,
         **kwargs,
     ):
         if on_nonfinite_loss not in ("raise", "skip"):
@@ -70,6 +92,107 @@ class LeJepaTrainer(Trainer):
         self._window = {name: 0.0 for name in _METRICS}
         self._window_counts = {name: 0 for name in _METRICS}
         self._skipped_images: torch.Tensor | int = 0  # on this process, since the start of training
+        self._skip_optimizer_step = False  # a non-finite loss was skipped since the last optimizer step
+        self._microstep_skipped = False
+        self.graceful_shutdown = GracefulShutdownCallback() if save_on_sigterm else None
+        if self.graceful_shutdown is not None:
+            self.add_callback(self.graceful_shutdown)
+        self.stream_state_callback = None
+        if isinstance(self.train_dataset, datasets.IterableDataset):
+            if not is_stateful_dataloader_available():
+                reason = "torchdata is not installed (`pip install torchdata` saves the stream position instead)"
+            elif self.args.dataloader_num_workers > 0:
+                # datasets 5.2 restores a shuffled multi-shard stream's state before splitting its shards between
+                # DataLoader workers, and fails (IndexError in `_inner_load_state_dict`).
+                reason = "the stream position is only saved with `dataloader_num_workers=0`"
+            else:
+                reason = None
+                # Accelerate then wraps torchdata's StatefulDataLoader and records its state before its look-ahead.
+                self.accelerator.dataloader_config.use_stateful_dataloader = True
+                self.stream_state_callback = StreamStateCallback()
+                self.add_callback(self.stream_state_callback)
+            if reason is not None:
+                logger.info(
+                    f"A resumed run will re-read the stream up to its checkpoint (Trainer's default), as {reason}."
+                )
+
+    @property
+    def stopped_by_signal(self) -> int | None:
+        """The signal (e.g. `signal.SIGTERM`) on which the last `train()` saved a checkpoint and stopped, or `None`."""
+        return self.graceful_shutdown.stopped_by_signal if self.graceful_shutdown is not None else None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """
+        `Trainer.train`, resuming only from complete checkpoints (see `trainer.callbacks.is_complete_checkpoint`):
+        `resume_from_checkpoint=True` picks the last complete `checkpoint-N` of `output_dir` (a folder half-written by
+        a killed run is skipped), and for a streamed dataset the position saved in the checkpoint is restored instead
+        of re-reading the stream.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
+        elif (
+            isinstance(resume_from_checkpoint, (str, os.PathLike))
+            and _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(resume_from_checkpoint)))
+            and not is_complete_checkpoint(resume_from_checkpoint)
+        ):
+            parent = os.path.dirname(os.path.normpath(resume_from_checkpoint))
+            raise ValueError(
+                f"{resume_from_checkpoint} is an incomplete checkpoint (no readable trainer_state.json: the run was "
+                f"probably killed while saving it). The last complete one is {get_last_complete_checkpoint(parent)}."
+            )
+        ignore_data_skip = self.args.ignore_data_skip
+        if resume_from_checkpoint and self.stream_state_callback is not None and not ignore_data_skip:
+            states = read_stream_states(resume_from_checkpoint)
+            if states is None:
+                logger.warning(f"{resume_from_checkpoint} has no saved stream position: re-reading the stream to it.")
+            elif len(states) != self.args.world_size or self.args.restore_callback_states_from_checkpoint:
+                logger.warning(
+                    f"{resume_from_checkpoint} saved the stream position of {len(states)} process(es), this run has "
+                    f"{self.args.world_size}: re-reading the stream to the checkpoint instead."
+                )
+            else:
+                self.stream_state_callback.load_pending(states[self.args.process_index])
+                self.args.ignore_data_skip = True  # the saved position replaces Trainer's skipping of seen batches
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args.ignore_data_skip = ignore_data_skip
+            if self.graceful_shutdown is not None:  # on_train_end is not called when training raises
+                self.graceful_shutdown.restore_handlers()
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # `save_pretrained` writes checkpoints in the original (transformers 4) key layout, e.g. ViT's
+        # `encoder.layer.0.attention.attention.query`, but `Trainer._load_from_checkpoint` (5.24) loads them with a
+        # plain non-strict `load_state_dict`: the renamed backbone keys would be skipped with a warning and the run
+        # would go on from the *initial* backbone weights. `from_pretrained` applies the key conversion; the result
+        # is loaded strictly.
+        target = self.model if model is None else model
+        weights = ("model.safetensors", "model.safetensors.index.json")
+        if (
+            isinstance(target, PreTrainedModel)
+            and any(os.path.isfile(os.path.join(resume_from_checkpoint, name)) for name in weights)
+            and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        ):
+            logger.info(f"Loading model from {resume_from_checkpoint}.")
+            loaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config, use_safetensors=True)
+            target.load_state_dict(loaded.state_dict(), strict=True)
+            del loaded
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        probe_file = os.path.join(resume_from_checkpoint, PROBE_WEIGHTS_NAME)
+        if self.probe is not None and os.path.isfile(probe_file):
+            self.probe.load_state_dict(safetensors.torch.load_file(probe_file, device=str(self.args.device)))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # Written before trainer_state.json, the file that marks a checkpoint complete.
+        if self.probe is not None and self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            state = {name: tensor.detach().contiguous() for name, tensor in self.probe.state_dict().items()}
+            safetensors.torch.save_file(state, os.path.join(output_dir, PROBE_WEIGHTS_NAME))
+        super()._save_optimizer_and_scheduler(output_dir)
 
     # ------------------------------------------------------------------------------------------------ optimisation
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -80,7 +203,26 @@ class LeJepaTrainer(Trainer):
             optimizer.add_param_group(
                 {"params": list(self.probe.parameters()), "lr": self.probe_learning_rate, "weight_decay": 0.0}
             )
+        if not getattr(optimizer.step, "_lejepa_skippable", False):
+            # A skipped (non-finite) step must not move the parameters: a zero gradient alone would not do, as AdamW
+            # still applies its momentum and weight decay. A bound method, as torch's LR scheduler expects.
+            original_step = optimizer.step
+
+            def step(optimizer_self, *args, **kwargs):
+                if self._take_skip_optimizer_step():
+                    return None
+                return original_step(*args, **kwargs)
+
+            step._lejepa_skippable = True
+            optimizer.step = types.MethodType(step, optimizer)
         return optimizer
+
+    def _take_skip_optimizer_step(self) -> bool:
+        skip, self._skip_optimizer_step = self._skip_optimizer_step, False
+        if self.on_nonfinite_loss == "skip" and self.accelerator.num_processes > 1:
+            flag = torch.tensor(1.0 if skip else 0.0, device=self.args.device)
+            skip = self.accelerator.reduce(flag, "sum").item() > 0  # every process skips the same steps
+        return skip
 
     def compute_loss(
         self,
@@ -92,6 +234,9 @@ class LeJepaTrainer(Trainer):
         labels = inputs.get("labels")
         if inputs.get("num_skipped") is not None:  # images of this batch that failed to decode (MultiCropCollator)
             self._skipped_images = self._skipped_images + inputs["num_skipped"].detach().sum()
+        saved_buffers = None
+        if self.on_nonfinite_loss == "skip" and model.training:  # BatchNorm statistics, restored on a skipped step
+            saved_buffers = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
         outputs = model(
             pixel_values=inputs["pixel_values"],
             local_pixel_values=inputs.get("local_pixel_values"),
@@ -99,6 +244,10 @@ class LeJepaTrainer(Trainer):
         )
         loss = outputs.loss
         if not torch.isfinite(loss):  # the one host sync of the step (Trainer checks its loss for NaN too)
+            if saved_buffers is not None:
+                with torch.no_grad():
+                    for buffer, saved in saved_buffers:
+                        buffer.copy_(saved)
             return self._handle_nonfinite(outputs, return_outputs)
         self._accumulate("prediction_loss", outputs.prediction_loss)
         self._accumulate("sigreg_loss", outputs.sigreg_loss)
@@ -115,7 +264,10 @@ class LeJepaTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        self._microstep_skipped = False
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._microstep_skipped:  # Trainer's `logging_nan_inf_filter` keeps it out of the logged mean loss
+            loss = torch.full_like(loss, float("nan"))
         if self.probe is not None and dist.is_available() and dist.is_initialized():
             # The probe is not wrapped by DDP: average its gradients ourselves so every process keeps the same probe.
             for parameter in self.probe.parameters():
@@ -137,10 +289,12 @@ class LeJepaTrainer(Trainer):
                 "or pass `on_nonfinite_loss='skip'` (`--on_nonfinite_loss skip`) to skip such steps."
             )
         self.nonfinite_steps += 1
+        if self.model.training:
+            self._skip_optimizer_step = self._microstep_skipped = True
         logger.warning(
             f"Skipping step {self.state.global_step}: non-finite {bad} (skipped so far: {self.nonfinite_steps})."
         )
-        # A zero loss connected to the graph: no update from this batch, and DDP still sees every parameter.
+        # A zero loss connected to the graph, so that DDP still sees every parameter; the optimizer step is skipped.
         loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         return (loss, outputs) if return_outputs else loss
 

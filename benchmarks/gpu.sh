@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# LeJEPA GPU benchmark: ViT-B/16 and ViT-H/14 (and ResNet-50 with channels_last) training throughput and MFU.
+#
+# Run from the repository root:   bash benchmarks/gpu.sh [extra bench_gpu.py flags, e.g. --compile]
+# On a machine without a GPU:     bash benchmarks/gpu.sh --quick     (tiny model, 2 steps: checks the script)
+#
+# Installs nothing and needs no network: torch (with CUDA) and the repository's requirements must be installed.
+# Finishes in under 8 minutes: each bench_gpu.py call runs under `timeout`, and bench_gpu.py skips the models it
+# has not started when its time budget is spent. When $OUT is set, the log and the results (JSON and markdown) are
+# written there.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+OUT_DIR="${OUT:-}"
+LOG=/dev/null
+if [[ -n "$OUT_DIR" ]]; then
+  mkdir -p "$OUT_DIR"
+  LOG="$OUT_DIR/gpu_bench.log"
+  : > "$LOG"
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+
+log() { echo "$@" | tee -a "$LOG"; }
+
+log "# LeJEPA GPU benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG"
+  nvidia-smi -L 2>&1 | tee -a "$LOG"
+else
+  log "nvidia-smi: not found (no NVIDIA GPU?)"
+fi
+"$PYTHON" - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib.util, platform, torch
+print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuDNN {torch.backends.cudnn.version()}, GPU available: {torch.cuda.is_available()}, "
+      f"flash_attn: {'yes' if importlib.util.find_spec('flash_attn') else 'no'}")
+EOF
+
+status=0
+run() {  # run <timeout seconds> <name> <bench_gpu.py arguments...>
+  local limit="$1" name="$2"
+  shift 2
+  local output=()
+  [[ -n "$OUT_DIR" ]] && output=(--output "$OUT_DIR/gpu_bench_${name}.json")
+  log ""
+  log "## $name: bench_gpu.py $*"
+  timeout --kill-after=10 "$limit" "$PYTHON" benchmarks/bench_gpu.py "$@" "${output[@]}" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  if [[ $rc -ne 0 ]]; then
+    log "## $name: exit status $rc$([[ $rc -eq 124 ]] && echo ' (timed out)')"
+    status=$rc
+  fi
+}
+
+if [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
+  run 120 quick --modes loop host-syncs trainer "$@"
+else
+  # Worst case 270 + 80 + 100 s of `timeout`, plus a few seconds of start-up: under 8 minutes.
+  # 1. ViT-B/16 and ViT-H/14 in the tight loop: bf16 autocast, SDPA (FlashAttention-2 if flash_attn imports), fused
+  #    AdamW, grad clipping 1.0.
+  run 270 vit --time-budget 180 "$@"
+  # 2. ResNet-50 with channels_last (the optional third model).
+  run 80 resnet --models resnet-50 --channels-last --steps 15 "$@"
+  # 3. ViT-B/16: the tight loop, the loop with LeJepaTrainer's two host syncs per step, and LeJepaTrainer itself.
+  run 100 trainer-vs-loop --models vit-base-patch16 --modes loop host-syncs trainer --no-count-flops --steps 15 "$@"
+fi
+log ""
+log "done (status $status)"
+exit $status

@@ -1,0 +1,63 @@
+"""Smoke tests: the benchmark scripts of `benchmarks/` run end to end in their `--quick` mode (tiny sizes, seconds)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_step_quick(capsys):
+    bench = load("bench_train_step")
+    result = bench.main(["--quick", "--rounds", "0"])
+    # The plain loop is the same computation as the trainer: identical losses and weights.
+    assert result["check"]["loss_diff"] == 0.0
+    assert result["check"]["weight_diff"] == 0.0
+    assert result["summary"]["paired_wall_ratio"] > 0
+    assert "| wall time per step, median (s) |" in capsys.readouterr().out
+
+
+def test_bench_data_quick(capsys, tmp_path):
+    bench = load("bench_data")
+    result = bench.main(["--quick", "--data-dir", str(tmp_path)])
+    assert set(result["rates"]) == {0, 1} and all(result["rates"][w] for w in (0, 1))
+    copies = result["copies"]
+    assert copies["datasets_no_copy"] and not copies["output_aliases_input"]
+    # one copy of every view: the allocation is the batch itself (plus the 8-byte `num_skipped` tensor)
+    assert copies["allocated_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert "| DataLoader workers |" in capsys.readouterr().out
+
+
+def test_bench_gpu_quick_analytic_flops_match_the_counter(capsys, tmp_path):
+    bench = load("bench_gpu")
+    output = tmp_path / "gpu.json"
+    results = bench.main(["--quick", "--attn", "eager", "--device", "cpu", "--output", str(output)])
+    (result,) = results
+    assert result["forward_gflops_per_image_analytic"] == pytest.approx(result["forward_gflops_per_image_counted"])
+    assert result["images_per_s"] > 0 and output.exists() and output.with_suffix(".md").exists()
+    assert "MFU = 3 * F_fwd * B / t_step / peak" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_gpu_sh_dry_run(tmp_path):
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--quick", "--device", "cpu", "--no-count-flops", "--modes", "loop"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "gpu_bench_quick.json").exists() and (tmp_path / "gpu_bench.log").exists()
+    assert "done (status 0)" in result.stdout
+
