@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessor, set_seed
+from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, set_seed
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
+from run_evaluation import default_image_processor, evaluate_embeddings
 from trainer import (
     BadSampleCounter,
     LeJepaTrainer,
@@ -43,8 +44,6 @@ from trainer import (
 )
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 # The built-in digits run. Its 8 x 8 digits upsampled to 32 px carry little detail: local crops cover 20-50% of the
 # image instead of the paper's 5-30%, and colour jitter skips hue and saturation (the digits are grey, so these only
@@ -204,11 +203,7 @@ def main() -> None:
     if model_args.image_processor_name:
         image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name)
     else:
-        image_processor = ViTImageProcessor(
-            size={"height": config.global_image_size, "width": config.global_image_size},
-            image_mean=IMAGENET_MEAN,
-            image_std=IMAGENET_STD,
-        )
+        image_processor = default_image_processor(config.global_image_size)
 
     # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted
     eval_dataset = None
@@ -285,8 +280,6 @@ def main() -> None:
     # 8. Built-in data: linear probe and k-NN of the learned embeddings against a random backbone of the same shape
     eval_results = None
     if builtin_digits and data_args.digits_evaluation and trainer.is_world_process_zero():
-        from run_evaluation import evaluate_embeddings
-
         trained = evaluate_embeddings(
             model.lejepa, digits["train"], eval_dataset, image_processor,
             spectrum_plot_path=os.path.join(training_args.output_dir, "embedding_spectrum.png"),
