@@ -72,7 +72,7 @@ def epps_pulley(x: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> tor
     if t_max <= 0:
         raise ValueError(f"`t_max` must be positive, got {t_max}.")
     t, _, _ = trapezoid_knots(num_knots, t_max, device=x.device, dtype=x.dtype)
-    ecf_real, ecf_imag = empirical_characteristic_function(x, t)
+    ecf_real, ecf_imag = empirical_characteristic_function(x, t, uniform_step=t_max / (num_knots - 1))
     return epps_pulley_from_ecf(ecf_real, ecf_imag, x.shape[-2], num_knots, t_max)
 
 
@@ -131,7 +131,8 @@ class SIGReg(nn.Module):
             directions = sample_directions(z.shape[-1], self.num_slices, step, z.device, z.dtype)
             x = z @ directions  # (..., N, M)
             t, _, _ = trapezoid_knots(self.num_knots, self.t_max, device=x.device, dtype=x.dtype)
-            ecf_real, ecf_imag = empirical_characteristic_function(x, t)  # (..., M, T) each
+            knot_step = self.t_max / (self.num_knots - 1)
+            ecf_real, ecf_imag = empirical_characteristic_function(x, t, uniform_step=knot_step)  # (..., M, T) each
             num_samples = x.shape[-2]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 ecf_real, ecf_imag, num_samples = _global_ecf(ecf_real, ecf_imag, num_samples)
