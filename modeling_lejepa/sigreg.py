@@ -54,7 +54,7 @@ def epps_pulley(x: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> tor
         t_max (`float`, *optional*, defaults to 3.0): end of the integration range.
 
     Returns:
-        `torch.Tensor` of shape `(..., M)`, computed in `x`'s floating dtype (float32 at least under autocast).
+        `torch.Tensor` of shape `(..., M)`: float64 for float64 `x`, float32 otherwise (also under autocast).
 
     Example:
 
@@ -71,9 +71,11 @@ def epps_pulley(x: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> tor
         raise ValueError(f"`num_knots` must be an odd integer >= 3, got {num_knots}.")
     if t_max <= 0:
         raise ValueError(f"`t_max` must be positive, got {t_max}.")
-    t, _, _ = trapezoid_knots(num_knots, t_max, device=x.device, dtype=x.dtype)
-    ecf_real, ecf_imag = empirical_characteristic_function(x, t, uniform_step=t_max / (num_knots - 1))
-    return epps_pulley_from_ecf(ecf_real, ecf_imag, x.shape[-2], num_knots, t_max)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        t, _, _ = trapezoid_knots(num_knots, t_max, device=x.device, dtype=dtype)
+        ecf_real, ecf_imag = empirical_characteristic_function(x, t, uniform_step=t_max / (num_knots - 1))
+        return epps_pulley_from_ecf(ecf_real, ecf_imag, x.shape[-2], num_knots, t_max)
 
 
 def sample_directions(

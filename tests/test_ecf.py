@@ -68,6 +68,18 @@ def test_float32_matches_float64(knots):
     torch.testing.assert_close(grad, grad_direct, rtol=0, atol=1e-5 * grad64.abs().max().item())
 
 
+def test_default_chunking_over_several_chunks():
+    # 2**18 elements per slab on the CPU: 2048 samples of 128 variables per chunk, here 2 chunks, the last one partial
+    x = torch.randn(2100, 128, generator=torch.Generator().manual_seed(7))
+    assert ecf._chunk_rows(x, 128, None) == 2048
+    t = torch.linspace(0.0, 3.0, 17)
+    real, imag, grad = value_and_grad(empirical_characteristic_function, x, t)
+    real64, imag64, grad64 = value_and_grad(empirical_characteristic_function_direct, x.double(), t.double())
+    torch.testing.assert_close(real.double(), real64, rtol=0, atol=1e-6)
+    torch.testing.assert_close(imag.double(), imag64, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad.double(), grad64, rtol=0, atol=1e-5 * grad64.abs().max().item())
+
+
 def test_recurrence_accuracy_at_large_arguments():
     # |t x| up to 3 * 17 = 51: the error of 16 recurrence steps stays at the float32 level
     generator = torch.Generator().manual_seed(3)

@@ -157,3 +157,13 @@ def test_total_loss_is_the_convex_combination(lambd):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_epps_pulley_is_float32_under_autocast_and_for_half_inputs():
+    x = torch.randn(64, 4)
+    reference = epps_pulley(x.bfloat16().float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = epps_pulley(x.bfloat16())
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, reference)
+    assert epps_pulley(x.half()).dtype == torch.float32
