@@ -103,12 +103,7 @@ def plot_loss_curves(log_history: Iterable[Mapping[str, Any]], path: str | os.Pa
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     fig.suptitle("LeJEPA training losses")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_embedding_spectrum(embeddings: np.ndarray, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -145,12 +140,17 @@ def plot_embedding_spectrum(embeddings: np.ndarray, path: str | os.PathLike, tit
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    return _save_figure(fig, path)
+
+
+__all__ = ["covariance_eigenvalues", "effective_rank", "plot_embedding_spectrum", "plot_loss_curves"]
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """Saves `fig` as a PNG at `path` (creating its folder), closes it and returns the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-__all__ = ["covariance_eigenvalues", "effective_rank", "plot_embedding_spectrum", "plot_loss_curves"]
