@@ -51,7 +51,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, get_worker_info  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from modeling_lejepa import LeJepaConfig  # noqa: E402
 from trainer.data import (  # noqa: E402
@@ -318,38 +318,6 @@ def bare_stack(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {key: torch.stack([example[key] for example in examples]) for key in ("pixel_values", "local_pixel_values")}
 
 
-def shared_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """`torch.stack` straight into shared memory, as `default_collate` does in DataLoader workers."""
-    first = tensors[0]
-    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
-    out = first.new(storage).resize_(len(tensors), *first.shape)
-    return torch.stack(tensors, out=out)
-
-
-def stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The proposed `torch.stack` of `MultiCropCollator`: into shared memory inside a DataLoader worker."""
-    return shared_stack(tensors) if get_worker_info() is not None else torch.stack(tensors)
-
-
-class SharedMemoryMultiCropCollator(MultiCropCollator):
-    """
-    The proposed change, for the A/B below: `MultiCropCollator.__call__` with `stack_for_transfer` in place of
-    `torch.stack`, so that a batch made in a DataLoader worker is written once, straight into the shared memory it is
-    sent through (as `torch.utils.data.default_collate` does), instead of being stacked and then copied again.
-    """
-
-    def __call__(self, examples):
-        kept = [example for example in examples if example is not None and example.get("pixel_values") is not None]
-        self.num_skipped += len(examples) - len(kept)
-        if not kept:
-            raise RuntimeError(f"Every example of this batch ({len(examples)}) failed to decode.")
-        batch = {"pixel_values": stack_for_transfer([example["pixel_values"] for example in kept])}
-        batch["num_skipped"] = torch.tensor(len(examples) - len(kept))
-        if kept[0].get("local_pixel_values") is not None:
-            batch["local_pixel_values"] = stack_for_transfer([example["local_pixel_values"] for example in kept])
-        return batch  # labels: as in MultiCropCollator (not used here)
-
-
 class FixedViews(torch.utils.data.Dataset):
     """Returns ready-made views (no decoding, no transform): a DataLoader over it measures collate + transfer."""
 
@@ -402,11 +370,11 @@ def collate_checks(
             cpus[name].append(cpu)
     median = {name: statistics.median(values) for name, values in walls.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpus.items()}
-    transfer = {"current": [], "proposed": []}
-    collators = {"current": MultiCropCollator, "proposed": SharedMemoryMultiCropCollator}
+    transfer = {"plain": [], "shared": []}
+    collators = {"plain": False, "shared": True}  # MultiCropCollator's `shared_memory`
     for repeat in range(transfer_repeats):  # interleaved, alternating which goes first
         for name in list(collators) if repeat % 2 == 0 else list(reversed(collators)):
-            collator = collators[name](return_labels=False)
+            collator = MultiCropCollator(return_labels=False, shared_memory=collators[name])
             transfer[name].append(transfer_ms_per_batch(examples, collator, len(examples), transfer_batches))
     return {
         "batch_mib": batch_bytes / MIB,
@@ -419,8 +387,8 @@ def collate_checks(
         "collator_cpu_ms": median_cpu["collator"],
         "stack_cpu_ms": median_cpu["bare stack"],
         "collate_over_stack_cpu": median_cpu["collator"] / median_cpu["bare stack"],
-        "transfer_current_ms": statistics.median(transfer["current"]),
-        "transfer_proposed_ms": statistics.median(transfer["proposed"]),
+        "transfer_plain_ms": statistics.median(transfer["plain"]),
+        "transfer_shared_ms": statistics.median(transfer["shared"]),
         "transfer_repeats": transfer_repeats,
     }
 
@@ -528,9 +496,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| same, thread CPU time | {copies['collate_over_stack_cpu']:.3f} ({copies['collator_cpu_ms']:.1f} / "
           f"{copies['stack_cpu_ms']:.1f} ms) |")
     print(f"| 1-worker DataLoader of ready-made views, ms per batch (collate + send), median of "
-          f"{copies['transfer_repeats']}: MultiCropCollator | {copies['transfer_current_ms']:.1f} ms |")
-    print(f"| same, stacking straight into shared memory in the worker (as default_collate) | "
-          f"{copies['transfer_proposed_ms']:.1f} ms |")
+          f"{copies['transfer_repeats']}: plain torch.stack | {copies['transfer_plain_ms']:.1f} ms |")
+    print(f"| same, MultiCropCollator stacking straight into shared memory (its default) | "
+          f"{copies['transfer_shared_ms']:.1f} ms |")
     return {"rates": rates, "cpu_rates": cpu_rates, "stages": stages, "breakdown": breakdown, "copies": copies}
 
 

@@ -614,3 +614,19 @@ def test_digits_dataset():
     prepared = prepare_pretraining_dataset(train, transform, "image", "label")
     batch = MultiCropCollator()([prepared[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 2, 3, 32, 32) and batch["labels"].tolist() == train["label"][:4]
+
+
+def test_collator_in_dataloader_workers_stacks_into_shared_memory():
+    generator = torch.Generator().manual_seed(0)
+    examples = [
+        {"pixel_values": torch.randn(2, 3, 8, 8, generator=generator),
+         "local_pixel_values": torch.randn(3, 3, 4, 4, generator=generator)}
+        for _ in range(6)
+    ]
+    loader = torch.utils.data.DataLoader(examples, batch_size=3, num_workers=1, collate_fn=MultiCropCollator())
+    batches = list(loader)
+    assert len(batches) == 2
+    for index, batch in enumerate(batches):
+        expected = torch.stack([e["pixel_values"] for e in examples[3 * index : 3 * index + 3]])
+        assert torch.equal(batch["pixel_values"], expected)
+        assert batch["local_pixel_values"].shape == (3, 3, 3, 4, 4)

@@ -30,6 +30,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 import torch.nn.functional as nn_functional
+from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tv_functional
@@ -782,13 +783,26 @@ class MultiCropCollator:
         return_labels (`bool`, defaults to `True`):
             Whether to return `labels`. `LeJepaForPreTraining.forward` takes no labels, so pretraining needs them
             left out (set `False`) or removed before the forward pass.
+        shared_memory (`bool`, defaults to `True`):
+            In DataLoader workers, stack the views straight into shared memory, saving the copy the worker would
+            otherwise make to send the batch (`benchmarks/bench_data.py` measures it).
 
     Raises:
         `RuntimeError`: when every example of a batch failed.
     """
 
     return_labels: bool = True
+    shared_memory: bool = True
     num_skipped: int = field(default=0, init=False)
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """`torch.stack`; inside a DataLoader worker (with `shared_memory`) straight into shared memory, as
+        `default_collate` does, so that sending the batch to the main process copies nothing more."""
+        if not self.shared_memory or get_worker_info() is None:
+            return torch.stack(tensors)
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+        return torch.stack(tensors, out=first.new(storage).resize_(len(tensors), *first.shape))
 
     def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         kept = [example for example in examples if example is not None and example.get("pixel_values") is not None]
@@ -799,11 +813,11 @@ class MultiCropCollator:
                 f"Every example of this batch ({len(examples)}) failed to decode, so there is nothing to train on. "
                 "Check the image column (`--image_column_name`) and the logged decode errors."
             )
-        batch = {"pixel_values": torch.stack([example["pixel_values"] for example in kept])}
+        batch = {"pixel_values": self._stack([example["pixel_values"] for example in kept])}
         # travels with the batch out of the DataLoader worker, so that the trainer can log it
         batch["num_skipped"] = torch.tensor(num_skipped)
         if kept[0].get("local_pixel_values") is not None:
-            batch["local_pixel_values"] = torch.stack([example["local_pixel_values"] for example in kept])
+            batch["local_pixel_values"] = self._stack([example["local_pixel_values"] for example in kept])
         if self.return_labels:
             label_key = "labels" if "labels" in kept[0] else "label" if "label" in kept[0] else None
             if label_key is not None:
