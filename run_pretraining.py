@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoImageProcessor, HfArgumentParser, set_seed
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
@@ -35,6 +35,7 @@ from run_evaluation import default_image_processor, evaluate_embeddings
 from trainer import (
     BadSampleCounter,
     LeJepaTrainer,
+    LeJepaTrainingArguments,
     MultiCropCollator,
     MultiCropTransform,
     get_last_complete_checkpoint,
@@ -109,45 +110,6 @@ class DataArguments:
     digits_evaluation: bool = field(
         default=True,
         metadata={"help": "On the built-in digits: end with the linear-probe and k-NN evaluation of the embeddings."},
-    )
-
-
-@dataclass
-class LeJepaTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the LeJEPA recipe as defaults: AdamW, lr 5e-4, wd 0.05, warmup, cosine to lr/1000."""
-
-    output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (5e-4 for ResNets)."})
-    warmup_steps: float = field(default=0.1, metadata={"help": "Linear warmup: steps, or a fraction if below 1."})
-    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Cosine decay after warmup."})
-    lr_scheduler_kwargs: dict | str = field(
-        default_factory=lambda: {"min_lr_rate": 1e-3}, metadata={"help": "Decay to lr / 1000 by default."}
-    )
-    per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per device and step."})
-    num_train_epochs: float = field(default=40.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints."})
-    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every this many steps."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep this many checkpoints."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: images are decoded late."})
-    dataloader_num_workers: int = field(default=2, metadata={"help": "Data loading processes per device."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Start afresh instead of resuming from the last checkpoint in output_dir."}
-    )
-    online_probe: bool = field(
-        default=True, metadata={"help": "Train an online linear probe when the data has labels; logs its accuracy."}
-    )
-    on_nonfinite_loss: str = field(
-        default="raise", metadata={"help": "On a NaN/Inf loss: 'raise' (stop, naming the step) or 'skip' the step."}
-    )
-    collapse_std_threshold: float = field(
-        default=1e-3,
-        metadata={"help": "Warn of a collapse when the embeddings' mean per-dimension standard deviation is below."},
-    )
-    save_on_sigterm: bool = field(
-        default=True,
-        metadata={"help": "On SIGTERM: save a checkpoint at the end of the step, stop, and exit with code 143."},
     )
 
 
@@ -228,7 +190,7 @@ def main() -> None:
         config, image_processor=image_processor, **(BUILTIN_TRANSFORM if builtin_digits else {})
     )
     num_labels = None
-    if training_args.online_probe and label_column is not None and not data_args.streaming:
+    if label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
         num_labels = train_dataset.features[label_column].num_classes
     train_dataset = prepare_pretraining_dataset(
         train_dataset,
@@ -249,9 +211,6 @@ def main() -> None:
         data_collator=MultiCropCollator(),
         processing_class=image_processor,
         probe_num_labels=num_labels,
-        on_nonfinite_loss=training_args.on_nonfinite_loss,
-        collapse_std_threshold=training_args.collapse_std_threshold,
-        save_on_sigterm=training_args.save_on_sigterm,
     )
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:

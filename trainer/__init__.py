@@ -1,5 +1,6 @@
 """LeJEPA pretraining with `transformers.Trainer`: the trainer, multi-crop views and data loading."""
 
+from .arguments import LeJepaTrainingArguments
 from .callbacks import (
     GracefulShutdownCallback,
     StreamStateCallback,
@@ -25,6 +26,7 @@ __all__ = [
     "GracefulShutdownCallback",
     "ImageDecodeError",
     "LeJepaTrainer",
+    "LeJepaTrainingArguments",
     "MultiCropCollator",
     "MultiCropConfig",
     "MultiCropTransform",

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from .arguments import check_nonfinite_policy, lejepa_option
 from .callbacks import (
     _CHECKPOINT_RE,
     GracefulShutdownCallback,
@@ -46,25 +47,22 @@ class LeJepaTrainer(Trainer):
     are averaged over the logging window and over processes and logged next to `loss` through Trainer's normal
     logging, so they reach the progress bar, the console and every `report_to` backend.
 
+    The LeJEPA options (`online_probe`, `probe_learning_rate`, `on_nonfinite_loss`, `collapse_std_threshold`,
+    `save_on_sigterm`) are read from `args` when it is a [`LeJepaTrainingArguments`] (their defaults otherwise), as
+    `Seq2SeqTrainer` reads its options from `Seq2SeqTrainingArguments`; a keyword argument of the same name overrides
+    them. With `on_nonfinite_loss="skip"` a skipped step leaves the parameters, optimizer state and BatchNorm
+    statistics as they were (the learning-rate schedule moves on), is counted in `nonfinite_steps` and logged; with
+    several processes the step is skipped on all of them when any one sees a non-finite loss. With `save_on_sigterm`,
+    SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
+    `stopped_by_signal` then holds the signal number). For streamed datasets (with `torchdata` installed and
+    `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
+    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
+
     Args:
         probe_num_labels (`int`, *optional*):
             When set and batches carry `labels`, an online linear probe (LayerNorm + Linear on the detached embedding
             of the first global view) trains alongside, in its own optimizer parameter group, and `probe_accuracy`
             is logged. It never changes the pretraining gradients nor the logged `loss`.
-        probe_learning_rate (`float`, *optional*, defaults to 1e-3):
-            Learning rate of the probe's parameter group (no weight decay).
-        on_nonfinite_loss (`str`, *optional*, defaults to `"raise"`):
-            What to do when a loss term is NaN or infinite: `"raise"` stops the run naming the step and the term,
-            `"skip"` skips that optimizer step (parameters, optimizer state and BatchNorm statistics are left as they
-            were; the learning-rate schedule moves on), counts it in `nonfinite_steps` and logs it. With several
-            processes the step is skipped on all of them when any one sees a non-finite loss.
-        collapse_std_threshold (`float`, *optional*, defaults to 1e-3):
-            A warning is logged when the mean per-dimension standard deviation of the embeddings falls below it.
-        save_on_sigterm (`bool`, *optional*, defaults to `True`):
-            On SIGTERM, save a checkpoint at the end of the current step and stop (`GracefulShutdownCallback`);
-            `stopped_by_signal` then holds the signal number. For streamed datasets (with `torchdata` installed and
-            `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on
-            resume (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
         kwargs: passed to [`~transformers.Trainer`].
     """
 
@@ -72,21 +70,22 @@ class LeJepaTrainer(Trainer):
         self,
         *args,
         probe_num_labels: int | None = None,
-        probe_learning_rate: float = 1e-3,
-        on_nonfinite_loss: str = "raise",
-        collapse_std_threshold: float = 1e-3,
-        save_on_sigterm: bool = True,
+        probe_learning_rate: float | None = None,
+        on_nonfinite_loss: str | None = None,
+        collapse_std_threshold: float | None = None,
+        save_on_sigterm: bool | None = None,
         **kwargs,
     ):
-        if on_nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"`on_nonfinite_loss` must be 'raise' or 'skip', got {on_nonfinite_loss!r}.")
+        if on_nonfinite_loss is not None:
+            check_nonfinite_policy(on_nonfinite_loss)
         super().__init__(*args, **kwargs)
-        self.on_nonfinite_loss = on_nonfinite_loss
-        self.collapse_std_threshold = collapse_std_threshold
+        self.on_nonfinite_loss = lejepa_option(self.args, "on_nonfinite_loss", on_nonfinite_loss)
+        self.collapse_std_threshold = lejepa_option(self.args, "collapse_std_threshold", collapse_std_threshold)
+        self.probe_learning_rate = lejepa_option(self.args, "probe_learning_rate", probe_learning_rate)
+        save_on_sigterm = lejepa_option(self.args, "save_on_sigterm", save_on_sigterm)
         self.nonfinite_steps = 0
         self.probe: nn.Module | None = None
-        self.probe_learning_rate = probe_learning_rate
-        if probe_num_labels:
+        if probe_num_labels and lejepa_option(self.args, "online_probe"):
             size = self.model.lejepa.embedding_size
             self.probe = nn.Sequential(nn.LayerNorm(size), nn.Linear(size, probe_num_labels)).to(self.args.device)
         self._window = {name: 0.0 for name in _METRICS}

@@ -1,0 +1,90 @@
+"""`LeJepaTrainingArguments`: `TrainingArguments` with the LeJEPA recipe as defaults and the LeJEPA options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+NONFINITE_LOSS_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class LeJepaTrainingArguments(TrainingArguments):
+    """
+    [`~transformers.TrainingArguments`] with the LeJEPA recipe as defaults (AdamW, lr 5e-4, weight decay 0.05, linear
+    warmup then cosine decay to lr / 1000, batches of 128 images) and the options that [`LeJepaTrainer`] reads from
+    `self.args`, as `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain
+    `TrainingArguments`, `LeJepaTrainer` uses the defaults below.
+
+    Args:
+        online_probe (`bool`, *optional*, defaults to `True`):
+            Train an online linear probe on the detached embeddings when the data has labels; logs `probe_accuracy`.
+        probe_learning_rate (`float`, *optional*, defaults to 1e-3):
+            Learning rate of the online probe's parameter group (no weight decay).
+        on_nonfinite_loss (`str`, *optional*, defaults to `"raise"`):
+            On a NaN or infinite loss: `"raise"` stops the run naming the step and the loss term, `"skip"` skips the
+            optimizer step (parameters, optimizer state and BatchNorm statistics are left as they were).
+        collapse_std_threshold (`float`, *optional*, defaults to 1e-3):
+            A collapse warning is logged when the mean per-dimension standard deviation of the embeddings falls below.
+        save_on_sigterm (`bool`, *optional*, defaults to `True`):
+            On SIGTERM, save a checkpoint at the end of the current step and stop; the same command resumes.
+    """
+
+    output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (5e-4 for ResNets)."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Linear warmup: steps, or a fraction if below 1."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Cosine decay after warmup."})
+    lr_scheduler_kwargs: dict | str = field(
+        default_factory=lambda: {"min_lr_rate": 1e-3}, metadata={"help": "Decay to lr / 1000 by default."}
+    )
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per device and step."})
+    num_train_epochs: float = field(default=40.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints."})
+    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep this many checkpoints."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: images are decoded late."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Data loading processes per device."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh instead of resuming from the last checkpoint in output_dir."}
+    )
+    online_probe: bool = field(
+        default=True, metadata={"help": "Train an online linear probe when the data has labels; logs its accuracy."}
+    )
+    probe_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the online probe."})
+    on_nonfinite_loss: str = field(
+        default="raise", metadata={"help": "On a NaN/Inf loss: 'raise' (stop, naming the step) or 'skip' the step."}
+    )
+    collapse_std_threshold: float = field(
+        default=1e-3,
+        metadata={"help": "Warn of a collapse when the embeddings' mean per-dimension standard deviation is below."},
+    )
+    save_on_sigterm: bool = field(
+        default=True,
+        metadata={"help": "On SIGTERM: save a checkpoint at the end of the step, stop, and exit with code 143."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_nonfinite_policy(self.on_nonfinite_loss)
+
+
+def check_nonfinite_policy(policy: str) -> None:
+    if policy not in NONFINITE_LOSS_POLICIES:
+        raise ValueError(f"`on_nonfinite_loss` must be 'raise' or 'skip', got {policy!r}.")
+
+
+def lejepa_option(args: TrainingArguments, name: str, value: Any = None) -> Any:
+    """`value` if given, else `args.<name>` for `LeJepaTrainingArguments`, else the field's default (one definition
+    of each default: the dataclass above)."""
+    if value is not None:
+        return value
+    if hasattr(args, name):
+        return getattr(args, name)
+    return LeJepaTrainingArguments.__dataclass_fields__[name].default
+
+
+__all__ = ["LeJepaTrainingArguments"]
