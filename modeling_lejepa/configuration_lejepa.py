@@ -96,6 +96,9 @@ class LeJepaConfig(PreTrainedConfig):
             `RandomResizedCrop` area range of the local views.
         classifier_dropout (`float`, *optional*, defaults to 0.0):
             Dropout before the linear head of `LeJepaForImageClassification`.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation of the projector and the classifier head (the
+            backbone follows its own config's).
 
     Example:
 
@@ -132,6 +135,7 @@ class LeJepaConfig(PreTrainedConfig):
     global_crop_scale: list[float] | tuple[float, float] = (0.3, 1.0)
     local_crop_scale: list[float] | tuple[float, float] = (0.05, 0.3)
     classifier_dropout: float | int = 0.0
+    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict) and "model_type" not in self.backbone_config:

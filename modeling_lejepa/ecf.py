@@ -89,7 +89,7 @@ def empirical_characteristic_function(
         uniform_step (`float`, *optional*):
             The step `s` of uniform knots `t = s * arange(T)`, known to the caller. Without it, the knots are read on
             the host to find out whether they are uniform, which synchronises with an accelerator; with it, they are
-            only checked when `t` is on the CPU.
+            only checked when `t` is on the CPU and not under `torch.compile`.
         chunk_size (`int`, *optional*):
             Number of samples processed at once. Defaults to a memory budget of 2**18 (CPU) or 2**22 (other devices)
             elements per `(chunk, M)` slab, divided by `T` on the direct path.
@@ -130,7 +130,8 @@ def empirical_characteristic_function(
         step = float(uniform_step)
         if step == 0.0 or not math.isfinite(step):
             raise ValueError(f"`uniform_step` must be finite and non-zero, got {uniform_step}.")
-        if t.device.type == "cpu" and not _is_uniform(t, step):
+        # the caller vouches for the knots under `torch.compile` (reading them on the host would break the graph)
+        if t.device.type == "cpu" and not torch.compiler.is_compiling() and not _is_uniform(t, step):
             raise ValueError(
                 f"`t` is not `uniform_step * arange(T)` with `uniform_step={uniform_step}`: {t.tolist()}."
             )

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_lejepa import LeJepaConfig
 from .sigreg import SIGReg, prediction_loss
@@ -24,6 +26,20 @@ _AUTO_MAP = {
     "AutoModelForPreTraining": "LeJepaForPreTraining",
     "AutoModelForImageClassification": "LeJepaForImageClassification",
 }
+
+
+def _output_flags(
+    config: LeJepaConfig, output_hidden_states: bool | int | list[int] | None, output_attentions: bool | None
+) -> dict[str, bool | int | list[int]]:
+    """The backbone's `output_*` keyword arguments: an explicit argument, else the top-level config's flag when set
+    (the backbone's own config decides when neither is). A layer selection (`int` or `list[int]`) is kept as is."""
+    flags = {}
+    for name, value in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)):
+        if value is None and getattr(config, name, False):
+            value = getattr(config, name)
+        if value is not None:
+            flags[name] = value
+    return flags
 
 
 @dataclass
@@ -42,6 +58,11 @@ class LeJepaForPreTrainingOutput(ModelOutput):
             Backbone embeddings of all views, global views first.
         projections (`torch.FloatTensor` of shape `(batch_size, num_views, projector_output_size)`):
             Projector outputs of all views, global views first.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
+            The backbone's hidden states for the global views, stacked view-major: row `v * batch_size + b` is view
+            `v` of image `b`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions`):
+            The backbone's attention weights for the global views, stacked as `hidden_states`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -49,6 +70,8 @@ class LeJepaForPreTrainingOutput(ModelOutput):
     sigreg_loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     projections: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class LeJepaPreTrainedModel(PreTrainedModel):
@@ -71,13 +94,15 @@ class LeJepaPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal linear layers (`config.initializer_range`); norms, including the projector BatchNorm's
+        running statistics (mean 0, variance 1, no batch tracked), as `PreTrainedModel._init_weights`. Only what a
+        checkpoint did not provide is initialised, so continuing from a backbone-only checkpoint is safe."""
         if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
 
 class LeJepaModel(LeJepaPreTrainedModel):
@@ -102,17 +127,26 @@ class LeJepaModel(LeJepaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module | None:
         return self.backbone.get_input_embeddings()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 Images of any size (a multiple of the patch size for ViTs), normalised by the image processor.
+            output_hidden_states (`bool`, `int` or `list[int]`, *optional*):
+                Return the backbone's hidden states (all of them, or those of the given layer indices, as in
+                `transformers`). Defaults to `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*):
+                Return the attention weights (attention backbones, with `attn_implementation="eager"`). Defaults to
+                `config.output_attentions`.
+            return_dict (`bool`, *optional*):
+                Return a `BaseModelOutputWithPooling` rather than a tuple. Defaults to `config.return_dict`.
 
         Example:
 
@@ -126,23 +160,20 @@ class LeJepaModel(LeJepaPreTrainedModel):
         torch.Size([2, 32])
         ```
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs.update(_output_flags(self.config, output_hidden_states, output_attentions))
         if self._interpolate:
             kwargs["interpolate_pos_encoding"] = True
-        if output_hidden_states:
-            kwargs["output_hidden_states"] = True
         outputs = self.backbone(pixel_values, return_dict=True, **kwargs)
         pooled = outputs.pooler_output
         if pooled is None:  # token backbones built without their pooler: final-normed CLS token
             pooled = outputs.last_hidden_state[:, 0]
         pooled = pooled.flatten(1)  # ResNet pools to (B, C, 1, 1)
-        result = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=pooled,
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
-        return result if return_dict else result.to_tuple()
 
     @property
     def embedding_size(self) -> int:
@@ -189,12 +220,15 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         self._forward_calls = 0
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         local_pixel_values: torch.Tensor | None = None,
-        step: int | None = None,
-        return_dict: bool | None = None,
+        step: int | torch.Tensor | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
     ) -> LeJepaForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -202,9 +236,17 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
                 Global views; their mean projection is the prediction target.
             local_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_local_views, C, h, w)`, *optional*):
                 Local views, at their own (usually smaller) resolution.
-            step (`int`, *optional*):
-                Seed of SIGReg's random directions, the global training step (`LeJepaTrainer` passes it). When `None`,
-                a counter of the calls made in training mode is used.
+            step (`int` or 0-dim `torch.Tensor`, *optional*):
+                Seed of SIGReg's random directions, the global training step (`LeJepaTrainer` passes it, as a tensor so
+                that `torch.compile` does not recompile every step). When `None`, a counter of the calls made in
+                training mode is used.
+            output_hidden_states (`bool`, `int` or `list[int]`, *optional*):
+                Return the backbone's hidden states of the global views (all, or the given layers). Defaults to
+                `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*):
+                Return the backbone's attention weights of the global views. Defaults to `config.output_attentions`.
+            return_dict (`bool`, *optional*):
+                Return a `LeJepaForPreTrainingOutput` rather than a tuple. Defaults to `config.return_dict`.
 
         Example:
 
@@ -218,7 +260,6 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         torch.Size([4, 8, 16])
         ```
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.dim() != 5:
             raise ValueError(
                 "`pixel_values` must hold the global views stacked as (batch_size, num_views, channels, height, "
@@ -237,9 +278,13 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
                     f"`local_pixel_values` has {local_pixel_values.shape[0]} images but `pixel_values` {batch_size}."
                 )
             views.append(local_pixel_values)
-        embeddings = torch.cat(
-            [self.lejepa(v.transpose(0, 1).flatten(0, 1)).pooler_output for v in views]
-        )  # (V*B, D)
+        flags = _output_flags(self.config, output_hidden_states, output_attentions)
+        # the global views' pass returns the requested hidden states and attentions
+        backbone_outputs = [
+            self.lejepa(v.transpose(0, 1).flatten(0, 1), return_dict=True, **(flags if i == 0 else {}), **kwargs)
+            for i, v in enumerate(views)
+        ]
+        embeddings = torch.cat([outputs.pooler_output for outputs in backbone_outputs])  # (V*B, D)
         projections = self.projector(embeddings)  # (V*B, K), BatchNorm statistics over all views
 
         num_views = embeddings.shape[0] // batch_size
@@ -249,14 +294,15 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         lambd = self.config.lambda_sigreg
         loss = (1.0 - lambd) * pred_loss + lambd * sigreg_loss
 
-        result = LeJepaForPreTrainingOutput(
+        return LeJepaForPreTrainingOutput(
             loss=loss,
             prediction_loss=pred_loss.detach(),
             sigreg_loss=sigreg_loss.detach(),
             embeddings=embeddings.view(num_views, batch_size, -1).transpose(0, 1),  # (B, V, D)
             projections=projections.transpose(0, 1),  # (B, V, K)
+            hidden_states=backbone_outputs[0].hidden_states,
+            attentions=backbone_outputs[0].attentions,
         )
-        return result if return_dict else result.to_tuple()
 
 
 class LeJepaForImageClassification(LeJepaPreTrainedModel):
@@ -279,11 +325,13 @@ class LeJepaForImageClassification(LeJepaPreTrainedModel):
         """Freezes the backbone for linear probing; only the LayerNorm and the Linear head train."""
         self.lejepa.requires_grad_(False)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         r"""
@@ -291,24 +339,30 @@ class LeJepaForImageClassification(LeJepaPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 Images normalised by the image processor.
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class indices for a cross-entropy loss (float targets and `num_labels == 1` for regression).
+                Targets of the loss chosen by `config.problem_type` as in every `transformers` classifier (inferred
+                when unset: regression for `num_labels == 1`, cross-entropy for integer labels, binary cross-entropy
+                for float multi-label targets).
+            output_hidden_states (`bool`, `int` or `list[int]`, *optional*):
+                Return the backbone's hidden states. Defaults to `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*):
+                Return the attention weights. Defaults to `config.output_attentions`.
+            return_dict (`bool`, *optional*):
+                Return an `ImageClassifierOutput` rather than a tuple. Defaults to `config.return_dict`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.lejepa(pixel_values, **kwargs)
+        outputs = self.lejepa(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
         logits = self.classifier(self.dropout(self.norm(outputs.pooler_output)))
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if self.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-            elif labels.dtype in (torch.long, torch.int):
-                loss = nn.functional.cross_entropy(logits, labels)
-            else:  # multi-label targets
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-        result = ImageClassifierOutput(
+            loss = self.loss_function(labels, logits, self.config)
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return result if return_dict else result.to_tuple()
 
 
 __all__ = [

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from modeling_lejepa.sigreg import SIGReg, epps_pulley, prediction_loss, sample_directions
+from modeling_lejepa.sigreg import SIGReg, counter_based_normal, epps_pulley, prediction_loss, sample_directions
 
 
 def epps_pulley_reference(column: np.ndarray, num_knots: int = 17, t_max: float = 3.0) -> float:
@@ -94,11 +94,37 @@ def test_sigreg_invalid_arguments():
 def test_sigreg_equals_reference_on_the_seeded_directions():
     z = torch.randn(2, 300, 16, dtype=torch.float64)
     sigreg = SIGReg(num_slices=32)
-    directions = sample_directions(16, 32, seed=7, device=z.device, dtype=torch.float32).double()
+    directions = sample_directions(16, 32, seed=7, device=z.device, dtype=torch.float64)
     torch.testing.assert_close(directions.norm(dim=0), torch.ones(32, dtype=torch.float64))
     projected = (z @ directions).numpy()
     expected = np.mean([epps_pulley_reference(projected[v, :, m]) for v in range(2) for m in range(32)])
-    assert sigreg(z, step=7).item() == pytest.approx(expected, rel=1e-5)
+    value = sigreg(z, step=7)
+    assert value.dtype == torch.float64  # float64 inputs are computed in float64, not cast to float32
+    assert value.item() == pytest.approx(expected, rel=1e-10)
+    assert sigreg(z.float(), step=7).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_counter_based_normals_are_standard_normal_and_independent():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    samples = counter_based_normal(100_000, seed=5)
+    assert samples.dtype == torch.float64
+    assert scipy_stats.kstest(samples.numpy(), "norm").pvalue > 1e-3
+    assert abs(samples.mean().item()) < 0.01 and samples.std().item() == pytest.approx(1.0, abs=0.01)
+    # neighbouring seeds (steps) and neighbouring entries are uncorrelated
+    next_seed = counter_based_normal(100_000, seed=6)
+    assert abs(torch.corrcoef(torch.stack([samples, next_seed]))[0, 1].item()) < 0.015
+    assert abs(torch.corrcoef(torch.stack([samples[:-1], samples[1:]]))[0, 1].item()) < 0.015
+    # seeds beyond 32 bits are distinct seeds
+    assert not torch.equal(counter_based_normal(64, seed=3), counter_based_normal(64, seed=3 + 2**32))
+    torch.testing.assert_close(counter_based_normal(64, seed=torch.tensor(9)), counter_based_normal(64, seed=9))
+
+
+def test_directions_are_uniform_on_the_sphere():
+    directions = sample_directions(8, 20_000, seed=11, dtype=torch.float64)  # (dim, num_slices)
+    # the mean of uniform unit vectors is 0 and their second moment is I / dim
+    assert directions.mean(dim=1).abs().max().item() < 0.01
+    second_moment = directions @ directions.T / directions.shape[1]
+    torch.testing.assert_close(second_moment, torch.eye(8, dtype=torch.float64) / 8, rtol=0, atol=0.005)
 
 
 def test_sigreg_depends_on_directions_only_through_the_seed():

@@ -239,7 +239,7 @@ class LeJepaTrainer(Trainer):
         outputs = model(
             pixel_values=inputs["pixel_values"],
             local_pixel_values=inputs.get("local_pixel_values"),
-            step=self.state.global_step,
+            step=torch.tensor(self.state.global_step),  # a tensor: no recompilation per step under torch.compile
         )
         loss = outputs.loss
         if not torch.isfinite(loss):  # the one host sync of the step (Trainer checks its loss for NaN too)
