@@ -1,9 +1,11 @@
 """What `--push_to_hub` would upload, with the Hub client's network calls replaced by a recorder."""
 
+import json
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from datasets import Dataset
 from huggingface_hub import ModelCard
@@ -76,12 +78,32 @@ def test_push_uploads_code_weights_and_our_card(tmp_path, monkeypatch):
         files = set(upload["files"])
         assert CODE_FILES <= files, f"custom code missing from a push: {sorted(files)}"
         assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files
-        assert not any(f.endswith((".bin", ".pt", ".pth")) and f != "training_args.bin" for f in files)
+        assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle")) for f in files), sorted(files)
+        assert "training_args.json" in files
         assert not any(f.startswith("checkpoint-") for f in files)
         assert "library_name: transformers" in upload["card"] and "lejepa" in upload["card"]
     final = api.uploads[-1]
     assert "loss_curves.png" in final["files"]
+    # the training arguments, as JSON (read back by `json`), in the folder and in every checkpoint; no pickle but the
+    # states that resuming needs, which stay in the local checkpoints
+    out = tmp_path / "out"
+    assert json.loads((out / "training_args.json").read_text()) == json.loads(args.to_json_string())
+    assert not any(p.suffix in (".bin", ".pt", ".pth") for p in out.iterdir())
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):
+        folder = out / checkpoint
+        assert json.loads((folder / "training_args.json").read_text())["hub_strategy"] == "every_save"
+        pickles = {p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")}
+        assert pickles == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}, pickles
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.pipeline_tag == "image-feature-extraction"
     assert "org/images" in card.data.datasets
     assert "trust_remote_code=True" in card.text
+
+
+@pytest.mark.parametrize("strategy", ["checkpoint", "all_checkpoints"])
+def test_checkpoint_hub_strategies_are_refused(tmp_path, strategy):
+    """They would upload the optimizer, scheduler and RNG pickles of the checkpoints."""
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", push_to_hub=True,
+                             hub_model_id="org/lejepa-test", hub_strategy=strategy)
+    with pytest.raises(ValueError, match="every_save"):
+        LeJepaTrainer(model=LeJepaForPreTraining(LeJepaConfig.from_preset("vit-tiny-test")), args=args)

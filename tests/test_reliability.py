@@ -349,6 +349,54 @@ def test_nan_loss_skip_leaves_weights_optimizer_and_batchnorm_untouched(tmp_path
     assert all(np.isfinite(entry["loss"]) for entry in logs)  # the skipped step is left out of the logged loss
 
 
+class InfiniteGradientAtStep(TrainerCallback):
+    """Makes one parameter's gradient infinite in the backward pass of step `step` (0-based): a finite loss with
+    non-finite gradients, as an overflow in the backward pass gives."""
+
+    def __init__(self, parameter: torch.nn.Parameter, step: int):
+        self.step, self.current = step, -1
+        parameter.register_hook(lambda grad: grad * float("inf") if self.current == self.step else grad)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.current = state.global_step
+
+
+def test_nonfinite_gradients_with_a_finite_loss_raise(tmp_path):
+    config, train = digits_subset()
+    model = LeJepaForPreTraining(config)
+    trainer = LeJepaTrainer(
+        model=model, args=training_args(tmp_path, max_steps=4), train_dataset=train,
+        data_collator=MultiCropCollator(), on_nonfinite_loss="raise",
+        callbacks=[InfiniteGradientAtStep(model.projector.layers[-1].weight, step=2)],
+    )
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite gradients at step 2 \(gradient norm (inf|nan)\)"):
+        trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_nonfinite_gradients_skip_leaves_weights_and_optimizer_untouched(tmp_path):
+    config, train = digits_subset()
+    model = LeJepaForPreTraining(config)
+    snapshots = Snapshots()
+    trainer = LeJepaTrainer(
+        model=model, args=training_args(tmp_path, max_steps=4, weight_decay=0.05), train_dataset=train,
+        data_collator=MultiCropCollator(), on_nonfinite_loss="skip",
+        callbacks=[snapshots, InfiniteGradientAtStep(model.projector.layers[-1].weight, step=2)],
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4 and trainer.nonfinite_steps == 1
+    parameters = {name for name, _ in model.named_parameters()}
+    step_2 = {k: v for k, v in snapshots.model[2].items() if k in parameters}
+    step_3 = {k: v for k, v in snapshots.model[3].items() if k in parameters}
+    assert_same_state(step_3, step_2)  # the parameters did not move (BatchNorm statistics saw a finite forward)
+    assert_same_state(snapshots.optimizer[3], snapshots.optimizer[2])
+    weight = "projector.layers.0.weight"
+    assert not torch.equal(snapshots.model[4][weight], snapshots.model[3][weight])
+    assert all(torch.isfinite(value).all() for value in snapshots.model[4].values() if value.is_floating_point())
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry.get("nonfinite_steps", 0) for entry in logs] == [0, 0, 1, 1]
+
+
 class ConstantBackbone:
     """A forward hook that replaces the backbone's output by a constant: a collapsed encoder."""
 
@@ -577,10 +625,13 @@ def test_checkpoints_hold_safetensors_weights_and_only_the_package_code(tmp_path
         names = {path.name for path in folder.iterdir() if path.is_file()}
         assert "model.safetensors" in names and not {"pytorch_model.bin", "model.bin"} & names
         safetensors.torch.load_file(folder / "model.safetensors")  # loads without pickle
-    # Pickled files Trainer writes (optimizer, scheduler, RNG, arguments): transformers 5.24 reads the first three
-    # back with torch.load(weights_only=True) and never reads training_args.bin.
+    # Pickled files Trainer writes for resuming (optimizer, scheduler, RNG): transformers 5.24 reads them back with
+    # torch.load(weights_only=True). The training arguments are JSON, not Trainer's pickled training_args.bin.
     pickles = {path.name for path in (tmp_path / "checkpoint-1").iterdir() if path.suffix in (".bin", ".pt", ".pth")}
-    assert pickles == {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    assert pickles == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
+    assert not any(path.suffix in (".bin", ".pt", ".pth") for path in tmp_path.iterdir())
+    for folder in (tmp_path / "checkpoint-1", tmp_path):
+        assert json.loads((folder / "training_args.json").read_text())["max_steps"] == 1
 
 
 def test_no_unsafe_torch_load_in_the_package():

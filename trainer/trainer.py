@@ -12,9 +12,12 @@ import datasets
 import safetensors.torch
 import torch
 import torch.distributed as dist
+import transformers.trainer
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.utils import logging
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, PushInProgress, logging
 
 from .arguments import check_nonfinite_policy, lejepa_option
 from .callbacks import (
@@ -30,6 +33,12 @@ from .callbacks import (
 logger = logging.get_logger(__name__)
 
 PROBE_WEIGHTS_NAME = "probe.safetensors"  # the online probe's weights, in each checkpoint
+TRAINING_ARGS_JSON_NAME = "training_args.json"  # instead of Trainer's pickled `training_args.bin`
+# Never uploaded: Trainer's private files, the checkpoints (optimizer, scheduler and RNG states are pickles that only
+# resuming needs) and any pickle.
+HUB_IGNORE_PATTERNS = ["_*", f"{PREFIX_CHECKPOINT_DIR}-*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
+# hub_strategy values that upload checkpoint folders, with their pickled optimizer, scheduler and RNG states
+_CHECKPOINT_HUB_STRATEGIES = (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
 # Per-window sums of the loss terms (and of the online probe), logged next to Trainer's own `loss`.
 _METRICS = ("prediction_loss", "sigreg_loss", "probe_loss", "probe_accuracy", "embedding_std")
 
@@ -78,6 +87,15 @@ class LeJepaTrainer(Trainer):
     ):
         if on_nonfinite_loss is not None:
             check_nonfinite_policy(on_nonfinite_loss)
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.push_to_hub and (
+            training_args.hub_strategy in _CHECKPOINT_HUB_STRATEGIES
+        ):  # before Trainer creates the Hub repository
+            raise ValueError(
+                f"`hub_strategy={training_args.hub_strategy.value!r}` uploads checkpoint folders, whose optimizer, "
+                "scheduler and RNG states are pickles that only resuming needs. Use `--hub_strategy every_save` (the "
+                "model, its code and card at every save) or `end`, and keep the checkpoints local."
+            )
         super().__init__(*args, **kwargs)
         self.on_nonfinite_loss = lejepa_option(self.args, "on_nonfinite_loss", on_nonfinite_loss)
         self.collapse_std_threshold = lejepa_option(self.args, "collapse_std_threshold", collapse_std_threshold)
@@ -275,6 +293,26 @@ class LeJepaTrainer(Trainer):
                     parameter.grad /= dist.get_world_size()
         return loss
 
+    def _get_grad_norm(self, model: nn.Module, grad_norm: torch.Tensor | float | None = None) -> torch.Tensor | float:
+        # The gradient norm Trainer computes before every optimizer step (for clipping and logging): a finite loss can
+        # still give non-finite gradients (an overflow in the backward pass), which `on_nonfinite_loss` handles too.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            if self.on_nonfinite_loss == "raise":
+                raise NonFiniteLossError(
+                    f"Non-finite gradients at step {self.state.global_step} (gradient norm {float(grad_norm)}) with a "
+                    "finite loss. Lower the learning rate, try float32 or bf16 instead of fp16, or pass "
+                    "`on_nonfinite_loss='skip'` (`--on_nonfinite_loss skip`) to skip such steps."
+                )
+            if not self._skip_optimizer_step:  # not already skipped for a non-finite loss
+                self.nonfinite_steps += 1
+                self._skip_optimizer_step = True
+                logger.warning(
+                    f"Skipping step {self.state.global_step}: non-finite gradient norm {float(grad_norm)} with a "
+                    f"finite loss (skipped so far: {self.nonfinite_steps})."
+                )
+        return grad_norm
+
     def _handle_nonfinite(self, outputs, return_outputs: bool) -> torch.Tensor | tuple[torch.Tensor, Any]:
         terms = {
             "loss": outputs.loss.item(),
@@ -361,12 +399,54 @@ class LeJepaTrainer(Trainer):
             model_id=self.hub_model_id or model_name,
         )
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Trainer pickles the training arguments next to the model (`training_args.bin`); the Hub flags pickles, so
+        # the final folder and every checkpoint carry them as JSON instead.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self._write_training_args(output_dir if output_dir is not None else self.args.output_dir)
+
+    def _write_training_args(self, folder: str) -> None:
+        pickled = os.path.join(folder, TRAINING_ARGS_NAME)
+        if os.path.isfile(pickled):
+            os.remove(pickled)
+        with open(os.path.join(folder, TRAINING_ARGS_JSON_NAME), "w", encoding="utf-8") as f:
+            f.write(self.args.to_json_string())
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # Trainer copies only config and weights into output_dir before an intermediate push: bring the remote code
-        # along and write our card, so that every revision on the Hub loads with `trust_remote_code=True`.
-        if self.is_world_process_zero() and self.args.hub_strategy != "end":
-            for name in os.listdir(checkpoint_folder):
-                if name.endswith(".py"):
-                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
-            self.create_model_card()
-        super()._push_from_checkpoint(checkpoint_folder)
+        """
+        An intermediate push (`hub_strategy="every_save"`): the checkpoint's model (config, weights, the remote code),
+        the image processor, the training arguments as JSON and our model card, and never a pickle. Trainer's own
+        version copies config and weights only (no custom code, so the revision would not load with
+        `trust_remote_code=True`) and pickles the training arguments just before uploading.
+        """
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir = self.args.output_dir
+        for name in os.listdir(checkpoint_folder):
+            if name.endswith((".py", ".safetensors")) or name in (CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME):
+                shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        self._write_training_args(output_dir)
+        self.create_model_card()
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            commit_message = f"Training in progress, step {self.state.global_step}"
+        else:
+            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
+        job = transformers.trainer.hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=output_dir,
+            commit_message=commit_message,
+            token=self.args.hub_token,
+            run_as_future=True,
+            ignore_patterns=HUB_IGNORE_PATTERNS,
+            revision=self.args.hub_revision,
+        )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([job])
+        else:
+            self.push_in_progress.jobs.append(job)
