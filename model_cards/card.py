@@ -194,6 +194,8 @@ def _backbone_description(backbone_config: PreTrainedConfig, num_parameters: int
     patch_size = getattr(backbone_config, "patch_size", None)
     if isinstance(patch_size, int) and backbone_config.model_type in ("vit", "deit", "dinov2"):
         name = f"{name}/{patch_size}"
+    if backbone_config.model_type == "dinov2":  # the ViT presets: DINOv2's architecture, not its weights
+        name = f"ViT/{patch_size} in DINOv2's architecture"
     if num_parameters:
         return f"a {name} ({_format_count(num_parameters)} parameters)"
     return f"a {name}"

@@ -9,26 +9,30 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# Backbone settings of the named presets. ViT sizes follow the ViT / DINOv2 papers; ViT-H/14 has about 632M
-# parameters. Patch-14 presets use 98 px local views, the multiple of 14 closest to the paper's 96 px.
-_VIT = {"model_type": "vit", "image_size": 224, "qkv_bias": True, "layer_norm_eps": 1e-6}
+# Backbone settings of the named presets. ViT sizes follow the ViT / DINOv2 papers; ViT-H/14 has about 631M
+# parameters. The ViT presets use DINOv2's architecture in transformers (a ViT with pre-norm blocks, a LayerScale
+# initialised to 1, the identity at the start of training, and stochastic depth), since the recipe trains with drop
+# path 0.1, which `ViTModel` cannot do. Patch-14 presets use 98 px local views, the multiple of 14 closest to the
+# paper's 96 px.
+_VIT = {"model_type": "dinov2", "image_size": 224, "qkv_bias": True, "layer_norm_eps": 1e-6, "mlp_ratio": 4,
+        "drop_path_rate": 0.1, "layerscale_value": 1.0, "use_mask_token": False}
 PRESETS: dict[str, dict[str, Any]] = {
     "vit-small-patch16": {
         "backbone_config": {**_VIT, "patch_size": 16, "hidden_size": 384, "num_hidden_layers": 12,
-                            "num_attention_heads": 6, "intermediate_size": 1536},
+                            "num_attention_heads": 6},
     },
     "vit-base-patch16": {
         "backbone_config": {**_VIT, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
-                            "num_attention_heads": 12, "intermediate_size": 3072},
+                            "num_attention_heads": 12},
     },
     "vit-large-patch14": {
         "backbone_config": {**_VIT, "patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24,
-                            "num_attention_heads": 16, "intermediate_size": 4096},
+                            "num_attention_heads": 16},
         "local_image_size": 98,
     },
     "vit-huge-patch14": {
         "backbone_config": {**_VIT, "patch_size": 14, "hidden_size": 1280, "num_hidden_layers": 32,
-                            "num_attention_heads": 16, "intermediate_size": 5120},
+                            "num_attention_heads": 16},
         "local_image_size": 98,
     },
     "resnet-50": {
@@ -39,10 +43,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone_config": {"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
                             "drop_path_rate": 0.1},
     },
-    # A few-second model for tests, demos and the built-in digits run.
+    # A few-second model for tests and demos: a plain `ViTModel` (no stochastic depth).
     "vit-tiny-test": {
-        "backbone_config": {**_VIT, "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
-                            "num_attention_heads": 2, "intermediate_size": 64},
+        "backbone_config": {"model_type": "vit", "image_size": 32, "qkv_bias": True, "layer_norm_eps": 1e-6,
+                            "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                            "intermediate_size": 64},
         "projector_hidden_size": 64,
         "projector_output_size": 16,
         "sigreg_num_slices": 64,
@@ -64,7 +69,7 @@ class LeJepaConfig(PreTrainedConfig):
         backbone_config (`dict` or `PreTrainedConfig`, *optional*):
             Configuration of the backbone, any vision model that `AutoModel.from_config` builds (ViT, DINOv2,
             ConvNeXt, ResNet, timm through `TimmWrapperConfig`, ...). A dict needs a `model_type` key. Defaults to
-            a ViT-B/16.
+            a ViT-B/16 with drop path 0.1 (DINOv2's architecture, the `vit-base-patch16` preset).
         projector_hidden_size (`int`, *optional*, defaults to 2048):
             Width of the hidden layers of the projector.
         projector_num_layers (`int`, *optional*, defaults to 3):
@@ -115,7 +120,7 @@ class LeJepaConfig(PreTrainedConfig):
     model_type = "lejepa"
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="vit", init_kwargs=PRESETS["vit-base-patch16"]["backbone_config"]
+            config_class=AutoConfig, model_type="dinov2", init_kwargs=PRESETS["vit-base-patch16"]["backbone_config"]
         ),
     }
 

@@ -14,6 +14,7 @@ from modeling_lejepa import (
     LeJepaForPreTrainingOutput,
     LeJepaModel,
 )
+from modeling_lejepa.configuration_lejepa import PRESETS
 
 NUM_LAYERS = 2  # of the vit-tiny-test backbone
 
@@ -208,3 +209,43 @@ def test_compiled_pretraining_equals_eager_without_recompiling():
             torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-5, atol=1e-7)
         model.zero_grad()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ stochastic depth
+@pytest.mark.parametrize("preset", ["vit-small-patch16", "vit-base-patch16", "vit-large-patch14", "vit-huge-patch14"])
+def test_vit_presets_train_with_drop_path(preset):
+    backbone_config = LeJepaConfig.from_preset(preset).backbone_config
+    assert backbone_config.model_type == "dinov2" and backbone_config.drop_path_rate == 0.1
+    assert backbone_config._attn_implementation in (None, "sdpa")  # SDPA where available, as for every model
+
+
+def _small_preset_backbone(drop_path_rate: float) -> LeJepaModel:
+    """The vit-small-patch16 preset's backbone settings at a test size (hidden 32, 2 layers, 32 px)."""
+    backbone_config = {**PRESETS["vit-small-patch16"]["backbone_config"], "hidden_size": 32, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "drop_path_rate": drop_path_rate}
+    torch.manual_seed(0)
+    return LeJepaModel(LeJepaConfig(backbone_config=backbone_config, global_image_size=32, local_image_size=16))
+
+
+def test_drop_path_is_active_in_training_and_inactive_in_eval():
+    pixel_values = torch.randn(4, 3, 32, 32)
+    model = _small_preset_backbone(drop_path_rate=0.5)
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(pixel_values).pooler_output, model(pixel_values).pooler_output, rtol=0,
+                                   atol=0)
+        model.train()
+        first, second = model(pixel_values).pooler_output, model(pixel_values).pooler_output
+    assert not torch.allclose(first, second)
+    # without drop path the training-mode forward is deterministic: the difference above is stochastic depth
+    plain = _small_preset_backbone(drop_path_rate=0.0).train()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(pixel_values).pooler_output, plain(pixel_values).pooler_output, rtol=0,
+                                   atol=0)
+
+
+def test_dinov2_embedding_is_the_final_normed_cls_token():
+    model = _small_preset_backbone(drop_path_rate=0.1).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 48, 48))  # any resolution: position embeddings are interpolated
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])

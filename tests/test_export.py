@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, AutoModel
 import export_backbone
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForImageClassification, LeJepaForPreTraining, LeJepaModel
+from modeling_lejepa.configuration_lejepa import PRESETS
 from run_evaluation import default_image_processor, evaluate_embeddings
 
 SMALL_HEAD = {"projector_hidden_size": 32, "projector_output_size": 8, "sigreg_num_slices": 16}
@@ -29,6 +30,10 @@ CONV_BACKBONES = {
 def lejepa_config(kind: str) -> LeJepaConfig:
     if kind == "vit":
         return LeJepaConfig.from_preset("vit-tiny-test")
+    if kind == "dinov2":  # the ViT presets' architecture (drop path 0.1) at a test size
+        backbone = {**PRESETS["vit-small-patch16"]["backbone_config"], "hidden_size": 32, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+        return LeJepaConfig(backbone_config=backbone, global_image_size=32, local_image_size=16, **SMALL_HEAD)
     return LeJepaConfig(backbone_config=CONV_BACKBONES[kind], global_image_size=32, num_local_views=0, **SMALL_HEAD)
 
 
@@ -49,7 +54,7 @@ def exports(tmp_path_factory):
     others have neither."""
     root = tmp_path_factory.mktemp("export")
     cases = {}
-    for index, kind in enumerate(("vit", "resnet", "convnext")):
+    for index, kind in enumerate(("vit", "resnet", "convnext", "dinov2")):
         torch.manual_seed(index)
         model = LeJepaForPreTraining(lejepa_config(kind))
         randomise_statistics(model)
@@ -118,7 +123,7 @@ def test_native_export_loads_without_custom_code(exports):
     result = run_without_package(FRESH_PROCESS, cwd=fresh)
     assert "FRESH OK" in result.stdout
     results = json.loads((fresh / "fresh_results.json").read_text())
-    expected_types = {"vit": "ViTModel", "resnet": "ResNetModel", "convnext": "ConvNextModel"}
+    expected_types = {"vit": "ViTModel", "resnet": "ResNetModel", "convnext": "ConvNextModel", "dinov2": "Dinov2Model"}
     for kind, case in cases.items():
         assert results[kind]["type"] == expected_types[kind]
         reference = torch.load(case["io"])["reference"]
@@ -126,7 +131,7 @@ def test_native_export_loads_without_custom_code(exports):
         torch.testing.assert_close(embedding, reference, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["vit", "resnet", "convnext"])
+@pytest.mark.parametrize("kind", ["vit", "resnet", "convnext", "dinov2"])
 def test_export_folder_contents(exports, kind):
     _, cases = exports
     output = cases[kind]["output"]

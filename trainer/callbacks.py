@@ -18,7 +18,6 @@ needs `resume_from_checkpoint=get_last_complete_checkpoint(output_dir)` and, for
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,15 +25,16 @@ import threading
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from transformers import TrainerCallback
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 # Written by transformers' own SIGTERM checkpointing (`enable_jit_checkpoint`) while it saves, removed when done.
 _JIT_SENTINEL_NAME = "checkpoint-is-incomplete.txt"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -58,15 +58,18 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
 
     This protects against a killed process, not against a machine crash that loses unsynced file data.
     """
+    return _load_trainer_state(folder) is not None
+
+
+def _load_trainer_state(folder: str | os.PathLike) -> TrainerState | None:
+    """The checkpoint's `TrainerState`, or `None` when it is incomplete (see `is_complete_checkpoint`)."""
     folder = os.fspath(folder)
     if os.path.exists(os.path.join(folder, _JIT_SENTINEL_NAME)):
-        return False
+        return None
     try:
-        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as file:
-            json.load(file)
-    except (OSError, ValueError):
-        return False
-    return True
+        return TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def get_last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -101,11 +104,9 @@ def get_last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 def _any_process(flag: bool, device: torch.device | str) -> bool:
     """`flag` or-ed over all processes (itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if PartialState().num_processes == 1:
         return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+    return any(gather_object([flag]))
 
 
 class GracefulShutdownCallback(TrainerCallback):
@@ -186,15 +187,6 @@ class GracefulShutdownCallback(TrainerCallback):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def is_stateful_dataloader_available() -> bool:
-    """Whether `torchdata.stateful_dataloader.StatefulDataLoader` (torchdata >= 0.8) can be imported."""
-    try:
-        from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class StreamStateCallback(TrainerCallback, ExportableState):
     """
     Saves the position of every process in a streamed dataset with each checkpoint, and restores it on resume.
@@ -249,11 +241,7 @@ class StreamStateCallback(TrainerCallback, ExportableState):
         if not control.should_save:
             return
         data_state = train_dataloader.state_dict() if hasattr(train_dataloader, "state_dict") else None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            states: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(states, data_state)
-        else:
-            states = [data_state]
+        states = gather_object([data_state]) if PartialState().num_processes > 1 else [data_state]
         self.data_states = None if all(s is None for s in states) else states
 
     def on_step_end(self, args, state, control, train_dataloader=None, **kwargs):
@@ -265,11 +253,10 @@ class StreamStateCallback(TrainerCallback, ExportableState):
 
 def read_stream_states(checkpoint: str | os.PathLike) -> list[Any] | None:
     """The per-process DataLoader states a `StreamStateCallback` saved in `checkpoint`, or `None`."""
-    try:
-        with open(os.path.join(os.fspath(checkpoint), TRAINER_STATE_NAME), encoding="utf-8") as file:
-            stored = (json.load(file).get("stateful_callbacks") or {}).get(StreamStateCallback.__name__)
-    except (OSError, ValueError):
+    state = _load_trainer_state(checkpoint)
+    if state is None:
         return None
+    stored = (state.stateful_callbacks or {}).get(StreamStateCallback.__name__)
     if isinstance(stored, list):
         stored = stored[0] if stored else None
     if not isinstance(stored, dict):
@@ -282,6 +269,5 @@ __all__ = [
     "StreamStateCallback",
     "get_last_complete_checkpoint",
     "is_complete_checkpoint",
-    "is_stateful_dataloader_available",
     "read_stream_states",
 ]

@@ -11,8 +11,8 @@ from typing import Any
 import datasets
 import safetensors.torch
 import torch
-import torch.distributed as dist
 import transformers.trainer
+from accelerate.utils import is_torchdata_stateful_dataloader_available
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -26,7 +26,6 @@ from .callbacks import (
     StreamStateCallback,
     get_last_complete_checkpoint,
     is_complete_checkpoint,
-    is_stateful_dataloader_available,
     read_stream_states,
 )
 
@@ -116,7 +115,7 @@ class LeJepaTrainer(Trainer):
             self.add_callback(self.graceful_shutdown)
         self.stream_state_callback = None
         if isinstance(self.train_dataset, datasets.IterableDataset):
-            if not is_stateful_dataloader_available():
+            if not is_torchdata_stateful_dataloader_available():
                 reason = "torchdata is not installed (`pip install torchdata` saves the stream position instead)"
             elif self.args.dataloader_num_workers > 0:
                 # datasets 5.2 restores a shuffled multi-shard stream's state before splitting its shards between
@@ -285,12 +284,11 @@ class LeJepaTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._microstep_skipped:  # Trainer's `logging_nan_inf_filter` keeps it out of the logged mean loss
             loss = torch.full_like(loss, float("nan"))
-        if self.probe is not None and dist.is_available() and dist.is_initialized():
+        if self.probe is not None and self.accelerator.num_processes > 1:
             # The probe is not wrapped by DDP: average its gradients ourselves so every process keeps the same probe.
             for parameter in self.probe.parameters():
                 if parameter.grad is not None:
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= dist.get_world_size()
+                    parameter.grad.copy_(self.accelerator.reduce(parameter.grad, "mean"))
         return loss
 
     def _get_grad_norm(self, model: nn.Module, grad_norm: torch.Tensor | float | None = None) -> torch.Tensor | float:
