@@ -13,6 +13,12 @@ initialised one (and `pooler_output`, the pipeline's `pool=True`, would be noise
 `pooler_act="linear"` in the config and an identity dense layer: `pooler_output` then equals
 `last_hidden_state[:, 0]` exactly, and loading reports no missing weights.
 
+timm backbones (`TimmWrapperConfig`): the folder is timm's own format (`config.json` with the `architecture`,
+`model_args` and `pretrained_cfg`, and `model.safetensors` with timm's parameter names, written by
+`timm.models.save_for_hf`), which `timm.create_model("local-dir:FOLDER", pretrained=True)` loads, and once pushed
+`timm.create_model("hf-hub:org/name", pretrained=True)`; `AutoModel` loads the same folder as a `TimmWrapperModel`.
+Both give the LeJEPA embedding.
+
 Usage:
 
 ```bash
@@ -32,6 +38,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import ModelCard
@@ -146,10 +153,13 @@ def export_backbone(
     model = _load_lejepa(checkpoint_dir)
     lejepa_config = model.config
     native = native_backbone(model)
-    native.save_pretrained(output_dir)
-
     source = Path(checkpoint_dir)
     image_size = lejepa_config.global_image_size
+    if native.config.model_type == "timm_wrapper":
+        save_timm_native(native, output_dir, image_size, _image_processor_of(source))
+    else:
+        native.save_pretrained(output_dir)
+
     copied = False
     if source.is_dir():
         for name in IMAGE_PROCESSOR_FILES:
@@ -200,8 +210,36 @@ def export_backbone(
     return output_dir
 
 
+def _image_processor_of(source: Path) -> Any:
+    """The checkpoint's image processor, or `None` when it has none."""
+    try:
+        return AutoImageProcessor.from_pretrained(str(source))
+    except (OSError, ValueError):
+        return None
+
+
+def save_timm_native(native: PreTrainedModel, output_dir: Path, image_size: int, image_processor: Any = None) -> None:
+    """
+    Writes a `TimmWrapperModel`'s timm model in timm's own format (`timm.models.save_for_hf`, safetensors), with the
+    LeJEPA views' resolution and, when given, the image processor's normalisation as its `pretrained_cfg`.
+    """
+    import timm
+
+    data_config = {"input_size": (3, image_size, image_size), "crop_pct": 1.0}
+    if image_processor is not None and getattr(image_processor, "image_mean", None) is not None:
+        data_config.update(mean=tuple(image_processor.image_mean), std=tuple(image_processor.image_std))
+    timm.models.save_for_hf(native.timm_model, output_dir, safe_serialization=True, data_config=data_config)
+    config_path = output_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # `num_classes` lives at the config's root (0: the pooled features); a copy in `model_args` makes transformers'
+    # `TimmWrapperModel`, which passes `num_classes=0` itself, fail on a duplicate keyword
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
 def _verify_export(model: LeJepaModel, output_dir: Path, image_size: int) -> None:
-    """Reloads the export with plain `AutoModel` and checks its embeddings against the LeJEPA model's."""
+    """Reloads the export with plain `AutoModel` (and, for timm backbones, `timm.create_model`) and checks its
+    embeddings against the LeJEPA model's."""
     exported = AutoModel.from_pretrained(output_dir).eval()
     if type(exported).__module__.startswith("transformers_modules") or "modeling_lejepa" in type(exported).__module__:
         raise RuntimeError(f"The export loaded custom code ({type(exported)}).")
@@ -209,15 +247,22 @@ def _verify_export(model: LeJepaModel, output_dir: Path, image_size: int) -> Non
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(2, 3, image_size, image_size, generator=generator)
     pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+    embeddings = {"AutoModel": lambda x: native_embedding(exported.to(parameter.device), x)}
+    if model.config.backbone_config.model_type == "timm_wrapper":
+        import timm
+
+        timm_model = timm.create_model(f"local-dir:{output_dir}", pretrained=True).eval().to(parameter.device)
+        embeddings["timm.create_model"] = lambda x: timm_model(x).flatten(1)
     with torch.no_grad():
         expected = model(pixel_values).pooler_output
-        actual = native_embedding(exported.to(parameter.device), pixel_values)
-    tolerance = 1e-5 if parameter.dtype == torch.float32 else 1e-2
-    if actual.shape != expected.shape or not torch.allclose(actual, expected, atol=tolerance, rtol=tolerance):
-        raise RuntimeError(
-            f"The exported backbone's embeddings differ from the LeJEPA model's (max abs difference "
-            f"{(actual - expected).abs().max().item():.3g})."
-        )
+        for loader, embed in embeddings.items():
+            actual = embed(pixel_values)
+            tolerance = 1e-5 if parameter.dtype == torch.float32 else 1e-2
+            if actual.shape != expected.shape or not torch.allclose(actual, expected, atol=tolerance, rtol=tolerance):
+                raise RuntimeError(
+                    f"The exported backbone's embeddings, loaded with {loader}, differ from the LeJEPA model's (max "
+                    f"abs difference {(actual - expected).abs().max().item():.3g})."
+                )
 
 
 @dataclass

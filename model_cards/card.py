@@ -653,6 +653,7 @@ def build_backbone_model_card(
         embedding_expression=expression,
         embedding_rule=rule,
         embedding_size=embedding_size,
+        timm_architecture=getattr(backbone_config, "architecture", None) if backbone_type == "timm_wrapper" else None,
         pipeline_pooled_description=pooled,
         backbone_rows=_backbone_rows(backbone_config, count_backbone_parameters(backbone_config)),
         lejepa_rows=_lejepa_rows(lejepa_config) if lejepa_config is not None else [],

@@ -215,3 +215,55 @@ def test_evaluation_of_export_matches_lejepa(exports):
     for key in ("knn_accuracy", "linear_probe_accuracy", "embedding_size"):
         assert lejepa[key] == native[key], key
     assert lejepa["effective_rank"] == pytest.approx(native["effective_rank"], rel=1e-5)
+
+
+TIMM_FRESH_PROCESS = """
+import json, sys
+import timm
+import torch
+from transformers import AutoModel
+
+case = json.loads(open("case.json").read())
+io = torch.load(case["io"])
+model = timm.create_model("local-dir:" + case["output"], pretrained=True).eval()
+wrapped = AutoModel.from_pretrained(case["output"]).eval()
+with torch.no_grad():
+    results = {"timm": model(io["pixel_values"]).tolist(), "auto": wrapped(io["pixel_values"]).pooler_output.tolist(),
+               "timm_type": type(model).__module__, "auto_type": type(wrapped).__name__}
+assert "modeling_lejepa" not in sys.modules
+json.dump(results, open("fresh_results.json", "w"))
+print("FRESH OK")
+"""
+
+
+def test_timm_backbone_exports_a_timm_native_folder(tmp_path):
+    """`timm.create_model(..., pretrained=True)` and `AutoModel` load the export, in a fresh process without this
+    package, with the LeJEPA embedding."""
+    from transformers import TimmWrapperConfig
+
+    torch.manual_seed(0)
+    config = LeJepaConfig(backbone_config=TimmWrapperConfig(architecture="resnet10t", do_pooling=True),
+                          global_image_size=32, num_local_views=0, **SMALL_HEAD)
+    model = LeJepaForPreTraining(config)
+    randomise_statistics(model)
+    model.save_pretrained(tmp_path / "checkpoint")
+    output = export_backbone.export_backbone(tmp_path / "checkpoint", tmp_path / "native", model_id="org/timm-bb")
+    timm_config = json.loads((output / "config.json").read_text())
+    assert timm_config["architecture"] == "resnet10t" and timm_config["num_classes"] == 0
+    assert timm_config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    weights = load_file(output / "model.safetensors")
+    assert "conv1.0.weight" in weights and not any(key.startswith("timm_model.") for key in weights)  # timm's names
+    assert "timm.create_model(\"hf-hub:org/timm-bb\", pretrained=True)" in (output / "README.md").read_text()
+
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = LeJepaModel.from_pretrained(tmp_path / "checkpoint").eval()(pixel_values).pooler_output
+    torch.save({"pixel_values": pixel_values}, tmp_path / "io.pt")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "case.json").write_text(json.dumps({"output": str(output), "io": str(tmp_path / "io.pt")}))
+    assert "FRESH OK" in run_without_package(TIMM_FRESH_PROCESS, cwd=fresh).stdout
+    results = json.loads((fresh / "fresh_results.json").read_text())
+    assert results["timm_type"].startswith("timm.models.") and results["auto_type"] == "TimmWrapperModel"
+    for loader in ("timm", "auto"):
+        torch.testing.assert_close(torch.tensor(results[loader]), reference, atol=1e-6, rtol=0)
