@@ -12,9 +12,10 @@ Each image of a train and an eval split gives one embedding (the model's `pooler
   trains a LayerNorm + Linear head (as in `LeJepaForImageClassification`) with AdamW on the frozen embeddings instead.
 - **Isotropy**: the effective rank of the eval embeddings' covariance (`exp` of the entropy of its normalised
   eigenvalues, between 1 and the embedding size) and the SIGReg statistic (Epps-Pulley against a standard normal,
-  averaged over random directions drawn with a fixed seed) of the raw eval embeddings.
+  averaged over random directions drawn with a fixed seed, in float64) of the raw eval embeddings.
 
-Accuracies are computed directly (no `evaluate.load`, no download). Without `--dataset_name`, the digits that ship
+The metrics are computed by the `evaluate` module `trainer/metrics/frozen_embedding_eval` (loaded from its local
+folder: no download), which works on its own for embeddings from anywhere. Without `--dataset_name`, the digits that ship
 with scikit-learn are used, upsampled to the model's image size. Results go to a JSON file, the eigenvalue spectrum to
 a PNG beside it, and, with `--update_model_card`, into the checkpoint's model card.
 
@@ -30,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,10 @@ from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PreTra
 from transformers.utils import logging as hf_logging
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from model_cards import build_model_card, effective_rank, plot_embedding_spectrum, update_model_card
+from model_cards import build_model_card, plot_embedding_spectrum, update_model_card
 from model_cards.card import SPECTRUM_PLOT_NAME
 from modeling_lejepa import LeJepaConfig, LeJepaModel
-from modeling_lejepa.sigreg import epps_pulley, sample_directions
+from trainer.metrics import frozen_embedding_protocol, load_frozen_embedding_eval
 
 logger = logging.getLogger(__name__)
 
@@ -198,80 +197,11 @@ def extract_embeddings(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def knn_predict(
-    train_embeddings: np.ndarray,
-    train_labels: np.ndarray,
-    query_embeddings: np.ndarray,
-    k: int = 20,
-    temperature: float | None = 0.07,
-    num_classes: int | None = None,
-    batch_size: int = 1024,
-) -> np.ndarray:
-    """
-    k-nearest-neighbour classification under cosine similarity.
-
-    Args:
-        train_embeddings (`np.ndarray` of shape `(N, D)`): the reference embeddings.
-        train_labels (`np.ndarray` of shape `(N,)`): their integer labels in `[0, num_classes)`.
-        query_embeddings (`np.ndarray` of shape `(Q, D)`): the embeddings to classify.
-        k (`int`, *optional*, defaults to 20): neighbours per query (at most `N`).
-        temperature (`float`, *optional*, defaults to 0.07): each neighbour votes with weight
-            `exp(cosine_similarity / temperature)`; `None` or `0` gives every neighbour one vote (plain majority).
-            Ties go to the smallest label.
-        num_classes (`int`, *optional*): defaults to `max(train_labels) + 1`.
-        batch_size (`int`, *optional*, defaults to 1024): queries per similarity block.
-
-    Returns:
-        `np.ndarray` of shape `(Q,)`: the predicted labels.
-    """
-    if k < 1:
-        raise ValueError(f"`k` must be positive, got {k}.")
-    train = nn.functional.normalize(torch.as_tensor(train_embeddings, dtype=torch.float32), dim=1)
-    queries = nn.functional.normalize(torch.as_tensor(query_embeddings, dtype=torch.float32), dim=1)
-    labels = torch.as_tensor(train_labels, dtype=torch.long)
-    num_classes = num_classes or int(labels.max()) + 1
-    k = min(k, train.shape[0])
-    predictions = []
-    for start in range(0, queries.shape[0], batch_size):
-        similarity = queries[start : start + batch_size] @ train.T  # (q, N)
-        top_similarity, top_index = similarity.topk(k, dim=1)  # (q, k)
-        weights = (top_similarity / temperature).exp() if temperature else torch.ones_like(top_similarity)
-        votes = torch.zeros(top_index.shape[0], num_classes).scatter_add_(1, labels[top_index], weights)
-        predictions.append(votes.argmax(dim=1))  # first maximum: ties go to the smallest label
-    return torch.cat(predictions).numpy()
-
-
-def _train_layernorm_linear(
-    train_embeddings: np.ndarray,
-    train_labels: np.ndarray,
-    num_classes: int,
-    epochs: int = 100,
-    batch_size: int = 256,
-    learning_rate: float = 1e-2,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-) -> nn.Module:
-    """Trains LayerNorm + Linear with AdamW and a cosine schedule on frozen embeddings (cross-entropy)."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(train_embeddings, dtype=torch.float32)
-    y = torch.as_tensor(train_labels, dtype=torch.long)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        probe = nn.Sequential(nn.LayerNorm(x.shape[1]), nn.Linear(x.shape[1], num_classes))
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    probe.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], batch_size):
-            index = order[start : start + batch_size]
-            loss = nn.functional.cross_entropy(probe(x[index]), y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return probe.eval()
+# The k-NN, the linear probes, the effective rank and the Epps-Pulley statistic are those of the `evaluate` module
+# `trainer/metrics/frozen_embedding_eval` (its one implementation).
+_PROTOCOL = frozen_embedding_protocol()
+LINEAR_PROBES = _PROTOCOL.LINEAR_PROBES
+knn_predict = _PROTOCOL.knn_predict
 
 
 def linear_probe_predict(
@@ -283,7 +213,7 @@ def linear_probe_predict(
     seed: int = 0,
 ) -> np.ndarray:
     """
-    Linear classification of frozen embeddings.
+    Linear classification of frozen embeddings (the `frozen_embedding_eval` module's probes).
 
     Args:
         train_embeddings (`np.ndarray` of shape `(N, D)`): training embeddings.
@@ -299,28 +229,12 @@ def linear_probe_predict(
     Returns:
         `np.ndarray` of shape `(Q,)`: the predicted labels.
     """
-    if len(np.unique(train_labels)) < 2:
-        raise ValueError("A linear probe needs at least two classes in the training split.")
-    if method == "logistic_regression":
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        scaler = StandardScaler().fit(train_embeddings)
-        classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            classifier.fit(scaler.transform(train_embeddings), train_labels)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            logger.warning("The logistic regression did not fully converge in %d iterations.", classifier.max_iter)
-        return classifier.predict(scaler.transform(query_embeddings))
-    if method == "layernorm_linear":
-        num_classes = int(np.max(train_labels)) + 1
-        probe = _train_layernorm_linear(train_embeddings, train_labels, num_classes, epochs=epochs, seed=seed)
-        with torch.no_grad():
-            logits = probe(torch.as_tensor(query_embeddings, dtype=torch.float32))
-        return logits.argmax(dim=1).numpy()
-    raise ValueError(f"Unknown linear probe {method!r}; choose one of {', '.join(LINEAR_PROBES)}.")
+    predictions, converged = _PROTOCOL.linear_probe_predict(
+        train_embeddings, train_labels, query_embeddings, method=method, epochs=epochs, seed=seed
+    )
+    if not converged:
+        logger.warning("The logistic regression did not fully converge.")
+    return predictions
 
 
 def sigreg_statistic(
@@ -328,9 +242,9 @@ def sigreg_statistic(
 ) -> float:
     """
     The SIGReg statistic of raw embeddings: the Epps-Pulley statistic (against a standard normal, times `N`) of their
-    projections on `num_slices` random unit directions drawn with `seed`, averaged over directions. This is
-    `modeling_lejepa.sigreg.SIGReg` on one process, computed without any collective so that a single process of a
-    distributed job can call it. It is 0 for an exactly standard normal ECF and grows with `N` otherwise.
+    projections on `num_slices` random unit directions (numpy's `default_rng(seed)`), averaged over directions, in
+    float64 (the `frozen_embedding_eval` module's `epps_pulley`). It is 0 for an exactly standard normal ECF and grows
+    with `N` otherwise.
 
     Args:
         embeddings (`np.ndarray` of shape `(N, D)`): the embeddings, not standardised.
@@ -339,9 +253,7 @@ def sigreg_statistic(
         t_max (`float`, *optional*, defaults to 3.0): integration range.
         seed (`int`, *optional*, defaults to 0): seed of the directions.
     """
-    z = torch.as_tensor(embeddings, dtype=torch.float32)
-    directions = sample_directions(z.shape[1], num_slices, seed, z.device, z.dtype)
-    return float(epps_pulley(z @ directions, num_knots=num_knots, t_max=t_max).mean())
+    return _PROTOCOL.epps_pulley(embeddings, num_slices=num_slices, num_knots=num_knots, t_max=t_max, seed=seed)
 
 
 def _encode_labels(train_labels: np.ndarray, eval_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -384,10 +296,21 @@ def compute_embedding_metrics(
         `linear_probe_protocol`) for the model card.
     """
     train_codes, eval_codes, num_classes = _encode_labels(train_labels, eval_labels)
-    knn = knn_predict(train_embeddings, train_codes, eval_embeddings, knn_k, knn_temperature, num_classes)
-    linear = linear_probe_predict(
-        train_embeddings, train_codes, eval_embeddings, linear_probe, epochs=linear_probe_epochs, seed=seed
+    metrics = load_frozen_embedding_eval().compute(
+        embeddings=np.concatenate([train_embeddings, eval_embeddings]),
+        labels=np.concatenate([train_codes, eval_codes]),
+        splits=["train"] * len(train_codes) + ["eval"] * len(eval_codes),
+        knn_k=knn_k,
+        knn_temperature=knn_temperature,
+        linear_probe=linear_probe,
+        linear_probe_epochs=linear_probe_epochs,
+        num_slices=sigreg_num_slices,
+        num_knots=sigreg_num_knots,
+        t_max=sigreg_t_max,
+        seed=seed,
     )
+    if not metrics.pop("linear_probe_converged"):
+        logger.warning("The logistic regression did not fully converge.")
     if knn_temperature:
         knn_protocol = (
             f"**k-NN**: the {knn_k} train embeddings most similar (cosine) to each eval embedding vote, weighted by "
@@ -406,14 +329,14 @@ def compute_embedding_metrics(
             "decay 1e-4, cosine schedule, batch 256) on the frozen embeddings."
         )
     return {
-        "knn_accuracy": float(np.mean(knn == eval_codes)),
-        "linear_probe_accuracy": float(np.mean(linear == eval_codes)),
-        "effective_rank": effective_rank(eval_embeddings),
-        "sigreg_statistic": sigreg_statistic(eval_embeddings, sigreg_num_slices, sigreg_num_knots, sigreg_t_max, seed),
-        "embedding_size": int(train_embeddings.shape[1]),
-        "num_classes": int(num_classes),
-        "num_train_samples": int(train_embeddings.shape[0]),
-        "num_eval_samples": int(eval_embeddings.shape[0]),
+        "knn_accuracy": metrics["knn_accuracy"],
+        "linear_probe_accuracy": metrics["linear_probe_accuracy"],
+        "effective_rank": metrics["effective_rank"],
+        "sigreg_statistic": metrics["epps_pulley"],
+        "embedding_size": metrics["embedding_size"],
+        "num_classes": metrics["num_classes"],
+        "num_train_samples": metrics["num_train_samples"],
+        "num_eval_samples": metrics["num_eval_samples"],
         "knn_k": int(knn_k),
         "knn_temperature": float(knn_temperature or 0.0),
         "linear_probe": linear_probe,

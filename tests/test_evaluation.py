@@ -10,7 +10,6 @@ from huggingface_hub import ModelCard
 import run_evaluation
 from model_cards.card import EVAL_RESULTS_NAME
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining, LeJepaModel
-from modeling_lejepa.sigreg import SIGReg
 from run_evaluation import (
     compute_embedding_metrics,
     default_image_processor,
@@ -72,10 +71,16 @@ def test_linear_probes_on_separable_embeddings(method):
         linear_probe_predict(train, train_labels, test, method="svm")
 
 
-def test_sigreg_statistic_is_sigreg_on_one_process():
+def test_sigreg_statistic_equals_the_float64_reference():
+    """The statistic of each random direction (numpy's `default_rng(seed)`, normalised) written from its definition."""
+    from test_sigreg import epps_pulley_reference
+
     embeddings = np.random.default_rng(0).normal(size=(256, 12)).astype(np.float32)
-    expected = SIGReg(num_slices=64, num_knots=17, t_max=3.0)(torch.from_numpy(embeddings), step=5).item()
-    assert sigreg_statistic(embeddings, num_slices=64, seed=5) == pytest.approx(expected, rel=1e-6)
+    directions = np.random.default_rng(5).standard_normal((12, 64))
+    directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+    projected = embeddings.astype(np.float64) @ directions
+    expected = np.mean([epps_pulley_reference(projected[:, m]) for m in range(64)])
+    assert sigreg_statistic(embeddings, num_slices=64, seed=5) == pytest.approx(expected, rel=1e-10)
     # Gaussian embeddings score low, collapsed ones high
     collapsed = np.zeros_like(embeddings)
     assert sigreg_statistic(embeddings) < 2.0 < 10.0 < sigreg_statistic(collapsed)
