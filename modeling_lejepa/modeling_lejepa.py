@@ -102,9 +102,21 @@ class LeJepaModel(LeJepaPreTrainedModel):
         # ...), and the parent classes collect them from here. timm declares only the whole model: add its blocks.
         self._no_split_modules = _timm_block_classes(self.backbone) if hasattr(self.backbone, "timm_model") else []
         self.post_init()
+        # accelerate's FSDP2 preparation shards `get_input_embeddings()` (ViT's patch embeddings) as a unit of its
+        # own, and fails when a unit already holds it: the modules around it (ViTEmbeddings, ...) are left out.
+        input_embeddings = self.get_input_embeddings()
+        if input_embeddings is not None:
+            self._no_split_modules -= {
+                type(module).__name__
+                for module in self.backbone.modules()
+                if module is not input_embeddings and any(m is input_embeddings for m in module.modules())
+            }
 
     def get_input_embeddings(self) -> nn.Module | None:
-        return self.backbone.get_input_embeddings()
+        try:
+            return self.backbone.get_input_embeddings()
+        except NotImplementedError:  # ResNet has none; accelerate's FSDP preparation asks every model for them
+            return None
 
     def forward(
         self,

@@ -40,11 +40,11 @@ def tiny_model(backbone: str) -> LeJepaForPreTraining:
     torch.manual_seed(0)
     if backbone == "vit":
         config = LeJepaConfig.from_preset("vit-tiny-test", projector_use_batch_norm=False, num_local_views=2)
-    else:  # BatchNorm in the backbone: per-process statistics under DDP and FSDP alike
+    else:  # BatchNorm in the backbone and the projector: per-process statistics under DDP and FSDP alike
         backbone_config = ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8)
         config = LeJepaConfig(
             backbone_config=backbone_config, global_image_size=32, local_image_size=16, num_local_views=2,
-            projector_hidden_size=32, projector_output_size=16, projector_use_batch_norm=False, sigreg_num_slices=64,
+            projector_hidden_size=32, projector_output_size=16, sigreg_num_slices=64,
         )
     return LeJepaForPreTraining(config)
 
