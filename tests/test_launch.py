@@ -83,6 +83,38 @@ def test_fsdp_yaml_wraps_the_blocks_of_every_backbone(backbone_config, block, co
     assert sum(type(module).__name__ == block for module in model.modules()) == count  # all of them
 
 
+# ------------------------------------------------------------------------------------------ one process
+def test_single_process_summary_and_errors_for_what_it_does_not_give(tmp_path):
+    from datasets import Dataset
+    from distributed_worker import collate, fixed_views
+
+    from trainer import LeJepaTrainer, LeJepaTrainingArguments
+    from trainer.launch import LaunchConfigurationError, LaunchRequest, check_launch
+
+    args = LeJepaTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, max_steps=1, report_to="none",
+        save_strategy="no", dataloader_num_workers=0,
+    )
+    assert args.ddp_find_unused_parameters is False
+    dataset = Dataset.from_dict({"index": list(range(4))}).with_transform(lambda batch: {"index": batch["index"]})
+    config = LeJepaConfig.from_preset("vit-tiny-test", num_local_views=2, **TINY)
+    trainer = LeJepaTrainer(
+        model=LeJepaForPreTraining(config), args=args, train_dataset=dataset,
+        data_collator=lambda examples: {k: v for k, v in collate([fixed_views(e["index"]) for e in examples]).items()
+                                        if k != "index"},
+    )
+    trainer.train()
+    assert trainer.launch_summary == (
+        "single process, 1 process on 1 node, backend none, fp32, attention sdpa, views made by CPU (in the main "
+        "process)"
+    )
+    with pytest.raises(LaunchConfigurationError, match=r"asked for FSDP \(`--fsdp full_shard`\), but the model"):
+        check_launch(LaunchRequest(fsdp="`--fsdp full_shard`"), trainer)
+    with pytest.raises(LaunchConfigurationError, match=r"asked for 4 processes \(WORLD_SIZE=4\), but training would"):
+        check_launch(LaunchRequest(num_processes=4, num_processes_source="WORLD_SIZE=4"), trainer)
+    check_launch(LaunchRequest(num_processes=1, num_processes_source="WORLD_SIZE=1"), trainer)  # what it got
+
+
 # ------------------------------------------------------------------------------------- misconfigured launches
 @pytest.mark.slow
 @pytest.mark.parametrize(

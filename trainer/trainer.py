@@ -57,7 +57,10 @@ class LeJepaTrainer(Trainer):
     SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
     `stopped_by_signal` then holds the signal number). For streamed datasets (with `torchdata` installed and
     `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
-    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
+    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint. At the start of training
+    `LaunchCheckCallback` logs what is in effect (distributed type, processes, backend, precision, attention, where the
+    views are made; kept as `launch_summary` for the model card) and stops a launch that asked for FSDP, DeepSpeed or
+    several processes and did not get them (`trainer.launch.LaunchConfigurationError`).
 
     Args:
         probe_num_labels (`int`, *optional*):
