@@ -89,11 +89,14 @@ def requested_launch(args) -> LaunchRequest:
             from accelerate.commands.config import load_config_from_file
             from accelerate.commands.launch import launch_command_parser
 
-            parsed, _ = launch_command_parser().parse_known_args(launcher)
-            num_processes, source = parsed.num_processes, "`--num_processes`"
-            if num_processes is None and parsed.config_file:
-                num_processes = load_config_from_file(parsed.config_file).num_processes
-                source = f"`num_processes` in {parsed.config_file}"
+            try:  # accelerate's own parser and config reader, as `accelerate launch` itself used them
+                parsed, _ = launch_command_parser().parse_known_args(launcher)
+                num_processes, source = parsed.num_processes, "`--num_processes`"
+                if num_processes is None and parsed.config_file:
+                    num_processes = load_config_from_file(parsed.config_file).num_processes
+                    source = f"`num_processes` in {parsed.config_file}"
+            except (SystemExit, Exception):  # a command line this accelerate cannot read: nothing is known
+                return request
             if num_processes is not None:
                 request.num_processes = int(num_processes)
                 request.num_processes_source = f"{source} of `accelerate launch`"
