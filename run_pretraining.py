@@ -261,7 +261,8 @@ def main() -> None:
         build_model_card(
             config,
             training_args.output_dir,
-            training_args=training_args.to_dict() | {"world_size": training_args.world_size},
+            training_args=training_args.to_dict()
+            | {"world_size": training_args.world_size, "launch": trainer.launch_summary},
             log_history=trainer.state.log_history,
             eval_results=eval_results,
             dataset_names=[data_args.dataset_name] if data_args.dataset_name else None,

@@ -5,8 +5,8 @@
 # On a machine without a GPU:     bash benchmarks/gpu.sh --quick     (tiny model, 2 steps: checks the script)
 #
 # Installs nothing and needs no network: torch (with CUDA) and the repository's requirements must be installed.
-# Finishes in under 8 minutes: each bench_gpu.py call runs under `timeout`, and bench_gpu.py skips the models it
-# has not started when its time budget is spent. When $OUT is set, the log and the results (JSON and markdown) are
+# Finishes in under 8 minutes plus the FSDP check (6 launches of at most 2 minutes each, about 3 minutes in all):
+# every call runs under `timeout`, and bench_gpu.py skips the models it has not started when its time budget is spent. When $OUT is set, the log and the results (JSON and markdown) are
 # written there.
 set -uo pipefail
 
@@ -54,6 +54,55 @@ run() {  # run <timeout seconds> <name> <bench_gpu.py arguments...>
   fi
 }
 
+fsdp_check() {  # FSDP2 on the GPUs against DDP: sharded checkpoints, resume, final folders
+  local n dir rc=0 backbone
+  n=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
+  dir=$(mktemp -d)
+  local launch=(timeout --kill-after=10 120 "$PYTHON" -m accelerate.commands.launch --num_processes "$n"
+                --mixed_precision no --main_process_port 0)
+  local ddp=() fsdp=(--config_file accelerate_configs/fsdp.yaml)
+  ((n > 1)) && ddp=(--multi_gpu)
+  log ""
+  log "## fsdp: accelerate_configs/fsdp.yaml on $n GPU(s): ViT and ResNet, 4 steps + resume to 6, against DDP"
+  for backbone in vit resnet; do
+    local worker=(--gpu --backbone "$backbone")
+    "${launch[@]}" "${ddp[@]}" tests/launch_worker.py "$dir/ddp-$backbone" "${worker[@]}" --max_steps 6 \
+      >> "$dir/launch.log" 2>&1 || rc=$?
+    "${launch[@]}" "${fsdp[@]}" tests/launch_worker.py "$dir/fsdp-$backbone" "${worker[@]}" --max_steps 4 \
+      >> "$dir/launch.log" 2>&1 || rc=$?
+    "${launch[@]}" "${fsdp[@]}" tests/launch_worker.py "$dir/fsdp-$backbone" "${worker[@]}" --max_steps 6 --resume \
+      >> "$dir/launch.log" 2>&1 || rc=$?
+  done
+  "$PYTHON" - "$dir" <<'PYEOF' 2>&1 | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+from modeling_lejepa import LeJepaForPreTraining
+root, ok = Path(sys.argv[1]), True
+for backbone in ("vit", "resnet"):
+    ddp, fsdp = root / f"ddp-{backbone}", root / f"fsdp-{backbone}"
+    try:
+        a, b = (json.loads((d / "rank0.json").read_text()) for d in (ddp, fsdp))
+        loss = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a["history"], b["history"]))
+        sharded = all((fsdp / f"checkpoint-{s}" / "pytorch_model_fsdp_0").is_dir() for s in (2, 4, 6))
+        wa, wb = (LeJepaForPreTraining.from_pretrained(d).state_dict() for d in (ddp, fsdp))
+        weights = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+        good = b["distributed_type"] == "FSDP" and sharded and len(b["history"]) == 6 and loss < 1e-4 and weights < 1e-4
+        print(f"{backbone}: {b['launch_summary']}\n  sharded checkpoints {sharded}, steps {len(b['history'])}, max "
+              f"relative loss difference {loss:.2e}, max weight difference {weights:.2e}: {'OK' if good else 'FAILED'}")
+    except Exception as error:  # a launch failed: its log is in launch.log
+        good = False
+        print(f"{backbone}: FAILED ({type(error).__name__}: {error})")
+    ok = ok and good
+sys.exit(0 if ok else 1)
+PYEOF
+  local check=${PIPESTATUS[0]}
+  if [[ $check -ne 0 || $rc -ne 0 ]]; then
+    log "## fsdp: FAILED (launch exit status $rc); the end of $dir/launch.log:"
+    tail -n 40 "$dir/launch.log" | tee -a "$LOG"
+    status=1
+  fi
+}
+
 if [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
   run 120 quick --modes loop host-syncs trainer "$@"
 else
@@ -65,6 +114,10 @@ else
   run 80 resnet --models resnet-50 --channels-last --steps 15 "$@"
   # 3. ViT-B/16: the tight loop, the loop with LeJepaTrainer's two host syncs per step, and LeJepaTrainer itself.
   run 100 trainer-vs-loop --models vit-base-patch16 --modes loop host-syncs trainer --no-count-flops --steps 15 "$@"
+  # 4. FSDP2 on the GPUs (accelerate does not apply it to CPU processes, so tests/test_launch.py can only override
+  #    its dispatch there): ViT and ResNet, 4 steps with sharded checkpoints, a second launch resuming to step 6,
+  #    against 6 steps of DDP (one process on one GPU); the final folders must hold the same weights.
+  fsdp_check
 fi
 log ""
 log "done (status $status)"

@@ -264,6 +264,8 @@ def _training_rows(training_args: Any) -> list[tuple[str, str]]:
     add("Gradient accumulation steps", "gradient_accumulation_steps")
     if world_size:
         rows.append(("Processes", str(world_size)))
+    if args.get("launch"):  # `LeJepaTrainer.launch_summary`: distributed type, backend, precision, attention, views
+        rows.append(("Launch (in effect)", str(args["launch"])))
     total = args.get("total_train_batch_size")
     if total is None and world_size and args.get("per_device_train_batch_size"):
         total = args["per_device_train_batch_size"] * args.get("gradient_accumulation_steps", 1) * world_size
@@ -475,7 +477,7 @@ def build_model_card(
         model_config (`LeJepaConfig`): configuration of the checkpoint.
         output_dir (`str` or `os.PathLike`): the checkpoint folder (created if missing).
         training_args (`TrainingArguments` or `dict`, *optional*): the training arguments, or their `to_dict()`
-            (a `dict` may add `world_size` or `total_train_batch_size`).
+            (a `dict` may add `world_size`, `total_train_batch_size` or `launch`, the trainer's `launch_summary`).
         log_history (list of `dict`, *optional*): `trainer.state.log_history`; when `None`, read from
             `output_dir/trainer_state.json` if there is one. Entries with `loss`, `prediction_loss` and `sigreg_loss`
             give the loss curves, `loss_curves.png`.

@@ -122,10 +122,26 @@ class LeJepaModel(LeJepaPreTrainedModel):
             backbone_kwargs["add_pooling_layer"] = False
         self.backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs)
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+        # The units of FSDP's auto-wrap (accelerate's TRANSFORMER_BASED_WRAP reads `model._no_split_modules`) and of
+        # `device_map`: `post_init` adds the backbone's own (ViTLayer, Dinov2Layer, ConvNextLayer, ResNetConvLayer,
+        # ...), and the parent classes collect them from here. timm declares only the whole model: add its blocks.
+        self._no_split_modules = _timm_block_classes(self.backbone) if hasattr(self.backbone, "timm_model") else []
         self.post_init()
+        # accelerate's FSDP2 preparation shards `get_input_embeddings()` (ViT's patch embeddings) as a unit of its
+        # own, and fails when a unit already holds it: the modules around it (ViTEmbeddings, ...) are left out.
+        input_embeddings = self.get_input_embeddings()
+        if input_embeddings is not None:
+            self._no_split_modules -= {
+                type(module).__name__
+                for module in self.backbone.modules()
+                if module is not input_embeddings and any(m is input_embeddings for m in module.modules())
+            }
 
     def get_input_embeddings(self) -> nn.Module | None:
-        return self.backbone.get_input_embeddings()
+        try:
+            return self.backbone.get_input_embeddings()
+        except NotImplementedError:  # ResNet has none; accelerate's FSDP preparation asks every model for them
+            return None
 
     @can_return_tuple
     def forward(
@@ -184,6 +200,20 @@ class LeJepaModel(LeJepaPreTrainedModel):
         if getattr(backbone_config, "hidden_sizes", None):  # ConvNets
             return backbone_config.hidden_sizes[-1]
         return backbone_config.hidden_size
+
+
+def _timm_block_classes(backbone: nn.Module) -> list[str]:
+    """Class names of the repeated blocks of a timm backbone: the children of `blocks` (ViT, EVA), `stages` (ConvNeXt,
+    RegNet) or `layer1`... (ResNet), one level deeper where these are plain containers (EfficientNet)."""
+    timm_model = backbone.timm_model
+    names = ("blocks", "stages", "layer1", "layer2", "layer3", "layer4")
+    containers = [getattr(timm_model, n) for n in names if isinstance(getattr(timm_model, n, None), nn.Module)]
+    blocks: set[str] = set()
+    for container in containers:
+        for child in container.children():
+            is_plain = type(child) in (nn.Sequential, nn.ModuleList)
+            blocks.update(type(module).__name__ for module in (child.children() if is_plain else [child]))
+    return sorted(blocks)
 
 
 class LeJepaProjector(nn.Module):

@@ -14,9 +14,10 @@ NONFINITE_LOSS_POLICIES = ("raise", "skip")
 class LeJepaTrainingArguments(TrainingArguments):
     """
     [`~transformers.TrainingArguments`] with the LeJEPA recipe as defaults (AdamW, lr 5e-4, weight decay 0.05, linear
-    warmup then cosine decay to lr / 1000, batches of 128 images) and the options that [`LeJepaTrainer`] reads from
-    `self.args`, as `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain
-    `TrainingArguments`, `LeJepaTrainer` uses the defaults below.
+    warmup then cosine decay to lr / 1000, batches of 128 images, DDP without `find_unused_parameters`: LeJEPA uses
+    every parameter in every step) and the options that [`LeJepaTrainer`] reads from `self.args`, as
+    `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain `TrainingArguments`,
+    `LeJepaTrainer` uses the defaults below.
 
     Args:
         online_probe (`bool`, *optional*, defaults to `True`):
@@ -48,6 +49,13 @@ class LeJepaTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep this many checkpoints."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: images are decoded late."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Data loading processes per device."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP's search for unused parameters, an extra pass over the autograd graph every step. Off: "
+            "LeJEPA uses every parameter in every step (DINOv2's unused mask token is frozen)."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start afresh instead of resuming from the last checkpoint in output_dir."}
     )

@@ -28,6 +28,7 @@ from .callbacks import (
     is_complete_checkpoint,
     read_stream_states,
 )
+from .launch import LaunchCheckCallback, freeze_unused_parameters, plain_model_for_saving
 
 logger = logging.get_logger(__name__)
 
@@ -64,7 +65,10 @@ class LeJepaTrainer(Trainer):
     SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
     `stopped_by_signal` then holds the signal number). For streamed datasets (with `torchdata` installed and
     `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
-    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
+    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint. At the start of training
+    `LaunchCheckCallback` logs what is in effect (distributed type, processes, backend, precision, attention, where the
+    views are made; kept as `launch_summary` for the model card) and stops a launch that asked for FSDP, DeepSpeed or
+    several processes and did not get them (`trainer.launch.LaunchConfigurationError`).
 
     Args:
         probe_num_labels (`int`, *optional*):
@@ -113,6 +117,8 @@ class LeJepaTrainer(Trainer):
         self.graceful_shutdown = GracefulShutdownCallback() if save_on_sigterm else None
         if self.graceful_shutdown is not None:
             self.add_callback(self.graceful_shutdown)
+        self.launch_summary: str | None = None  # what is in effect, set at the start of training (LaunchCheckCallback)
+        self.add_callback(LaunchCheckCallback(self))
         self.stream_state_callback = None
         if isinstance(self.train_dataset, datasets.IterableDataset):
             if not is_torchdata_stateful_dataloader_available():
@@ -158,6 +164,9 @@ class LeJepaTrainer(Trainer):
                 f"{resume_from_checkpoint} is an incomplete checkpoint (no readable trainer_state.json: the run was "
                 f"probably killed while saving it). The last complete one is {get_last_complete_checkpoint(parent)}."
             )
+        frozen = freeze_unused_parameters(self.model)  # DDP runs without find_unused_parameters
+        if frozen:
+            logger.info(f"Frozen, as LeJEPA's forward never uses them: {', '.join(frozen)}.")
         ignore_data_skip = self.args.ignore_data_skip
         if resume_from_checkpoint and self.stream_state_callback is not None and not ignore_data_skip:
             states = read_stream_states(resume_from_checkpoint)
@@ -201,6 +210,20 @@ class LeJepaTrainer(Trainer):
         probe_file = os.path.join(resume_from_checkpoint, PROBE_WEIGHTS_NAME)
         if self.probe is not None and os.path.isfile(probe_file):
             self.probe.load_state_dict(safetensors.torch.load_file(probe_file, device=str(self.args.device)))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; under FSDP (whatever the checkpoints' state-dict type) the final folder gets the
+        gathered weights as `model.safetensors` and the LeJEPA code, so that it loads with `from_pretrained`."""
+        if self.is_fsdp_enabled and not _internal_call:
+            state_dict = self.accelerator.get_state_dict(self.model)  # a collective: the full weights on process 0
+            sharded_model = self.model
+            self.model = plain_model_for_saving(sharded_model, state_dict if self.args.should_save else None)
+            try:
+                self._save(output_dir, state_dict=state_dict)
+            finally:
+                self.model = sharded_model
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # Written before trainer_state.json, the file that marks a checkpoint complete.
@@ -389,7 +412,7 @@ class LeJepaTrainer(Trainer):
         build_model_card(
             self.model.config,
             self.args.output_dir,
-            training_args=self.args.to_dict() | {"world_size": self.args.world_size},
+            training_args=self.args.to_dict() | {"world_size": self.args.world_size, "launch": self.launch_summary},
             log_history=self.state.log_history,
             dataset_names=dataset or dataset_tags,
             base_model=finetuned_from,
