@@ -15,9 +15,9 @@ Each image of a train and an eval split gives one embedding (the model's `pooler
   averaged over random directions drawn with a fixed seed, in float64) of the raw eval embeddings.
 
 The metrics are computed by the `evaluate` module `trainer/metrics/frozen_embedding_eval` (loaded from its local
-folder: no download), which works on its own for embeddings from anywhere. Without `--dataset_name`, the digits that ship
-with scikit-learn are used, upsampled to the model's image size. Results go to a JSON file, the eigenvalue spectrum to
-a PNG beside it, and, with `--update_model_card`, into the checkpoint's model card.
+folder: no download), which works on its own for embeddings from anywhere. Without `--dataset_name`, the digits that
+ship with scikit-learn are used, upsampled to the model's image size. Results go to a JSON file, the eigenvalue
+spectrum to a PNG beside it, and, with `--update_model_card`, into the checkpoint's model card.
 
 Examples:
 
