@@ -215,6 +215,9 @@ def test_standalone_evaluation_and_knn_match_training_and_run_evaluation(tmp_pat
         assert alone[key] == pytest.approx(logged[key], rel=1e-6, abs=0), key
     assert not (tmp_path / "alone" / "model.safetensors").exists(), "evaluating alone must not save a model"
 
-    # the evaluation script's k-NN on the same images (digits train -> test, the checkpoint's image processor)
-    results = run_evaluation.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path / "eval")])
+    # the evaluation script's k-NN on the same images: digits train -> test split with the run's seed (42, the
+    # default of TrainingArguments), the checkpoint's image processor
+    results = run_evaluation.main(
+        ["--model_name_or_path", str(checkpoint), "--seed", "42", "--output_dir", str(tmp_path / "eval")]
+    )
     assert results["knn_accuracy"] == logged["eval_knn_accuracy"]
