@@ -227,7 +227,7 @@ def main() -> None:
                 image_column_name=data_args.image_column_name,
                 streaming=data_args.streaming,
                 cache_dir=model_args.cache_dir,
-                shuffle_buffer_size=1,  # the stream's first images, whatever the run's seed
+                shuffle_buffer_size=1,  # a fixed order (the loader's default seed, not --seed), no buffer
             )
         elif data_args.train_val_split:
             validation_image_column, validation_label_column = image_column, label_column

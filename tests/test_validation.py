@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -22,6 +23,8 @@ from trainer import (
     load_digits_dataset,
     prepare_pretraining_dataset,
     prepare_validation_dataset,
+    split_validation_dataset,
+    take_validation_examples,
 )
 from trainer.trainer import validation_batches
 
@@ -76,6 +79,30 @@ def test_validation_views_are_fixed_by_index(digits):
     loader = torch.utils.data.DataLoader(validation, batch_size=3, num_workers=1, collate_fn=MultiCropCollator())
     first = next(iter(loader))
     assert torch.equal(first["pixel_values"][0], validation[0]["pixel_values"])
+
+
+def test_streamed_and_held_out_validation_sets_are_fixed(digits):
+    small = digits["test"].select(range(12))
+    stream = small.to_iterable_dataset(num_shards=3).shuffle(seed=7, buffer_size=4)
+    first = take_validation_examples(stream, 5, "image")
+    again = take_validation_examples(stream, 5, "image")
+    assert isinstance(first, datasets.Dataset) and len(first) == 5
+    assert first["label"] == again["label"] and first[0]["image"] == again[0]["image"]
+    assert first.features["image"] == datasets.Image(decode=False)  # kept as bytes: decoded by the transform
+    with pytest.raises(ValueError, match="max_eval_samples"):
+        take_validation_examples(stream, None, "image")
+    with pytest.raises(ValueError, match="stream cannot be split"):
+        split_validation_dataset(stream, "image", train_val_split=0.2)
+
+    train, held_out = split_validation_dataset(small, "image", train_val_split=0.25, seed=3)
+    assert (len(train), len(held_out)) == (9, 3)
+    assert split_validation_dataset(small, "image", train_val_split=0.25, seed=3)[1]["label"] == held_out["label"]
+    # a capped validation set is the same sample whatever the run's seed, and not simply the first rows
+    _, capped = split_validation_dataset(digits["train"], "image", digits["test"], max_eval_samples=50, seed=1)
+    _, capped_again = split_validation_dataset(digits["train"], "image", digits["test"], max_eval_samples=50, seed=2)
+    assert capped["label"] == capped_again["label"] != digits["test"]["label"][:50]
+    with pytest.raises(ValueError, match="not both"):
+        split_validation_dataset(small, "image", small, train_val_split=0.5)
 
 
 @pytest.mark.parametrize("num_examples", [16, 20, 21, 3])
