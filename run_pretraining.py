@@ -160,7 +160,7 @@ def main() -> None:
         for name, value in BUILTIN_TRAINING.items():
             if name not in given:
                 setattr(training_args, name, value)
-    if data_args.streaming and training_args.max_steps <= 0:
+    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("`--streaming` needs `--max_steps`: a stream has no length to derive the schedule from.")
 
     # 2. Logging and seed
