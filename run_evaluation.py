@@ -417,6 +417,36 @@ def evaluate_embeddings(
     )
 
 
+def knn_metrics(
+    model: nn.Module,
+    train_dataset: Iterable[dict[str, Any]],
+    eval_dataset: Iterable[dict[str, Any]],
+    image_processor: Any = None,
+    image_column_name: str = "image",
+    label_column_name: str = "label",
+    knn_k: int = 20,
+    knn_temperature: float | None = 0.07,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """
+    The k-NN accuracy of `model`'s frozen embeddings, exactly as `run_evaluation.py` computes it
+    (`extract_embeddings` of both splits, then `knn_predict`), as `{"knn_accuracy": ...}`: the metric that
+    `LeJepaTrainer(eval_embedding_metrics=functools.partial(knn_metrics, train_dataset=..., eval_dataset=...))` logs
+    as `eval_knn_accuracy` at every evaluation. Arguments as in `evaluate_embeddings`; the model runs on its device.
+    """
+    common = {
+        "image_processor": image_processor,
+        "image_column_name": image_column_name,
+        "label_column_name": label_column_name,
+        "batch_size": batch_size,
+    }
+    train_embeddings, train_labels = extract_embeddings(model, train_dataset, desc="k-NN: train split", **common)
+    eval_embeddings, eval_labels = extract_embeddings(model, eval_dataset, desc="k-NN: eval split", **common)
+    train_codes, eval_codes, num_classes = _encode_labels(train_labels, eval_labels)
+    predictions = knn_predict(train_embeddings, train_codes, eval_embeddings, knn_k, knn_temperature, num_classes)
+    return {"knn_accuracy": float(np.mean(predictions == eval_codes))}
+
+
 def random_init_like(model: nn.Module, seed: int = 0) -> LeJepaModel:
     """
     A randomly initialised backbone of the same shape as `model`, the baseline of a frozen evaluation: a new

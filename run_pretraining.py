@@ -14,10 +14,15 @@ Examples:
         --dataset_name ./my_images --model_preset vit-small-patch16 --output_dir outputs/vits
     accelerate launch run_pretraining.py --dataset_name org/images --streaming --max_steps 100000 \
         --model_preset vit-base-patch16 --bf16 --output_dir outputs/vitb
+    python run_pretraining.py --train_dir ./my_images --train_val_split 0.05 --eval_strategy steps --eval_steps 500 \
+        --save_steps 500 --load_best_model_at_end --metric_for_best_model eval_loss --output_dir outputs/vits
+    python run_pretraining.py --model_name_or_path outputs/vits/checkpoint-1000 --do_train False --do_eval \
+        --train_dir ./my_images --train_val_split 0.05 --output_dir outputs/vits-eval
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,7 +36,7 @@ from transformers import AutoImageProcessor, HfArgumentParser, set_seed
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from run_evaluation import default_image_processor, evaluate_embeddings
+from run_evaluation import default_image_processor, evaluate_embeddings, knn_metrics
 from trainer import (
     BadSampleCounter,
     LeJepaTrainer,
@@ -42,6 +47,9 @@ from trainer import (
     load_digits_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
+    prepare_validation_dataset,
+    sample_examples,
+    split_validation_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,6 +119,29 @@ class DataArguments:
         default=True,
         metadata={"help": "On the built-in digits: end with the linear-probe and k-NN evaluation of the embeddings."},
     )
+    validation_split: str | None = field(
+        default=None, metadata={"help": "A split of the dataset for the validation loss (`--do_eval`), e.g. 'test'."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A local folder of validation images (imagefolder)."}
+    )
+    train_val_split: float | None = field(
+        default=None,
+        metadata={"help": "Hold this fraction of the (map-style) training data out as validation data."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "At most this many validation images (a fixed sample); required for streamed validation."},
+    )
+    probe_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A labelled dataset for the evaluation-time k-NN accuracy (`eval_knn_accuracy`)."},
+    )
+    probe_train_split: str = field(default="train", metadata={"help": "The k-NN's reference split."})
+    probe_eval_split: str = field(default="test", metadata={"help": "The split the k-NN accuracy is measured on."})
+    max_probe_samples: int = field(
+        default=10_000, metadata={"help": "At most this many images of each k-NN split (a fixed sample)."}
+    )
 
 
 def main() -> None:
@@ -129,7 +160,7 @@ def main() -> None:
         for name, value in BUILTIN_TRAINING.items():
             if name not in given:
                 setattr(training_args, name, value)
-    if data_args.streaming and training_args.max_steps <= 0:
+    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("`--streaming` needs `--max_steps`: a stream has no length to derive the schedule from.")
 
     # 2. Logging and seed
@@ -168,11 +199,11 @@ def main() -> None:
         image_processor = default_image_processor(config.global_image_size)
 
     # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted
-    eval_dataset = None
+    validation, validation_image_column, validation_label_column = None, None, None
     if builtin_digits:
         digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)
-        train_dataset, eval_dataset = digits["train"], digits["test"]
-        image_column, label_column = "image", "label"
+        train_dataset, validation = digits["train"], digits["test"]
+        image_column, label_column = validation_image_column, validation_label_column = "image", "label"
     else:
         train_dataset, image_column, label_column = load_pretraining_dataset(
             dataset_name=data_args.dataset_name,
@@ -186,12 +217,32 @@ def main() -> None:
             seed=training_args.seed,
             shuffle_buffer_size=data_args.shuffle_buffer_size,
         )
+        if data_args.validation_split or data_args.validation_dir:
+            validation, validation_image_column, validation_label_column = load_pretraining_dataset(
+                dataset_name=None if data_args.validation_dir else data_args.dataset_name,
+                dataset_config_name=data_args.dataset_config_name,
+                train_dir=data_args.validation_dir,
+                data_files=None if data_args.validation_dir else data_args.data_files,
+                split=data_args.validation_split or "train",
+                image_column_name=data_args.image_column_name,
+                streaming=data_args.streaming,
+                cache_dir=model_args.cache_dir,
+                shuffle_buffer_size=1,  # a fixed order (the loader's default seed, not --seed), no buffer
+            )
+        elif data_args.train_val_split:
+            validation_image_column, validation_label_column = image_column, label_column
+    # A fixed validation set (held out of the training data with --train_val_split), see split_validation_dataset
+    train_dataset, validation = split_validation_dataset(
+        train_dataset, validation_image_column or image_column, validation, data_args.train_val_split,
+        data_args.max_eval_samples, seed=training_args.seed,
+    )
     transform = MultiCropTransform.from_lejepa_config(
         config, image_processor=image_processor, **(BUILTIN_TRANSFORM if builtin_digits else {})
     )
     num_labels = None
     if label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
         num_labels = train_dataset.features[label_column].num_classes
+    labelled_train_dataset = train_dataset if num_labels else None  # undecorated, for the k-NN below
     train_dataset = prepare_pretraining_dataset(
         train_dataset,
         transform,
@@ -203,47 +254,96 @@ def main() -> None:
         # Each process reads its own shards: Accelerate must not dispatch batches from process 0.
         training_args.accelerator_config.dispatch_batches = False
 
-    # 6. Trainer, resuming from the last checkpoint of output_dir if there is one
+    # 6. Validation: the loss on fixed views of each validation image (seeded by its index), and with labelled data
+    # (--probe_dataset_name, or labels in both the training and the validation data) the k-NN accuracy of the frozen
+    # embeddings, computed as run_evaluation.py does
+    eval_dataset, eval_embedding_metrics = None, None
+    if validation is not None:
+        eval_dataset = prepare_validation_dataset(
+            validation, transform, validation_image_column,
+            counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
+        )
+    elif training_args.do_eval:
+        raise ValueError(
+            "`--do_eval` (or `--eval_strategy`) needs validation data: pass `--validation_split`, `--validation_dir` "
+            "or `--train_val_split`."
+        )
+    knn_splits = None
+    if data_args.probe_dataset_name:
+        knn_splits = [
+            load_pretraining_dataset(
+                dataset_name=data_args.probe_dataset_name, split=split, cache_dir=model_args.cache_dir
+            )
+            for split in (data_args.probe_train_split, data_args.probe_eval_split)
+        ]
+        if knn_splits[0][2] is None:
+            raise ValueError(f"`--probe_dataset_name` {data_args.probe_dataset_name!r} has no label column.")
+    elif labelled_train_dataset is not None and validation_label_column is not None:
+        knn_splits = [(labelled_train_dataset, image_column, label_column),
+                      (validation, validation_image_column, validation_label_column)]
+    if training_args.do_eval and knn_splits is not None:
+        (knn_train, knn_image_column, knn_label_column), (knn_eval, _, _) = knn_splits
+        eval_embedding_metrics = functools.partial(
+            knn_metrics,
+            train_dataset=sample_examples(knn_train, data_args.max_probe_samples),
+            eval_dataset=sample_examples(knn_eval, data_args.max_probe_samples),
+            image_processor=image_processor,
+            image_column_name=knn_image_column,
+            label_column_name=knn_label_column,
+        )
+
+    # 7. Trainer, resuming from the last checkpoint of output_dir if there is one
     trainer = LeJepaTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset,
         data_collator=MultiCropCollator(),
         processing_class=image_processor,
         probe_num_labels=num_labels,
+        eval_embedding_metrics=eval_embedding_metrics,
     )
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        last_checkpoint = get_last_complete_checkpoint(training_args.output_dir)  # skips half-written ones
-        if last_checkpoint is not None:
-            logger.info(f"Resuming from {last_checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
-    if trainer.stopped_by_signal is not None:  # checkpoint saved; the same command resumes from it
-        logger.warning(
-            f"Stopped by {signal.Signals(trainer.stopped_by_signal).name} at step {trainer.state.global_step}; "
-            "exiting without the final save and evaluation."
-        )
-        sys.exit(128 + trainer.stopped_by_signal)
-    if trainer.state.global_step == 0:
-        raise RuntimeError(
-            "No training step was made: the data gave no usable image (see the skipped-image warnings above). "
-            "Check the data files and `--image_column_name`."
-        )
+    if training_args.do_train:
+        last_checkpoint = None
+        if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+            last_checkpoint = get_last_complete_checkpoint(training_args.output_dir)  # skips half-written ones
+            if last_checkpoint is not None:
+                logger.info(f"Resuming from {last_checkpoint}")
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+        if trainer.stopped_by_signal is not None:  # checkpoint saved; the same command resumes from it
+            logger.warning(
+                f"Stopped by {signal.Signals(trainer.stopped_by_signal).name} at step {trainer.state.global_step}; "
+                "exiting without the final save and evaluation."
+            )
+            sys.exit(128 + trainer.stopped_by_signal)
+        if trainer.state.global_step == 0:
+            raise RuntimeError(
+                "No training step was made: the data gave no usable image (see the skipped-image warnings above). "
+                "Check the data files and `--image_column_name`."
+            )
 
-    # 7. Save the model, the image processor and the metrics
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
+        # 8. Save the model (the best checkpoint's with --load_best_model_at_end), the image processor, the metrics
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
 
-    # 8. Built-in data: linear probe and k-NN of the learned embeddings against a random backbone of the same shape
+    # 9. Validation loss (and k-NN accuracy) of the final model, or of --model_name_or_path alone: eval_results.json
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if not training_args.do_train:
+        return
+
+    # 10. Built-in data: linear probe and k-NN of the learned embeddings against a random backbone of the same shape
     eval_results = None
     if builtin_digits and data_args.digits_evaluation and trainer.is_world_process_zero():
         trained = evaluate_embeddings(
-            model.lejepa, digits["train"], eval_dataset, image_processor,
+            model.lejepa, digits["train"], digits["test"], image_processor,
             spectrum_plot_path=os.path.join(training_args.output_dir, "embedding_spectrum.png"),
         )
-        random_init = evaluate_embeddings(LeJepaForPreTraining(config).lejepa, digits["train"], eval_dataset,
+        random_init = evaluate_embeddings(LeJepaForPreTraining(config).lejepa, digits["train"], digits["test"],
                                           image_processor)
         eval_results = {**trained, "dataset_name": "digits", "train_split": "train", "eval_split": "test",
                         "random_init_baseline": random_init}
@@ -253,7 +353,7 @@ def main() -> None:
             f"{random_init['knn_accuracy']:.3f}"
         )
 
-    # 9. The model card (recipe, loss curves, evaluation), then the Hub
+    # 11. The model card (recipe, loss and validation curves, evaluation), then the Hub
     base_model = model_args.model_name_or_path
     if base_model and os.path.isdir(base_model):  # only a Hub id is a valid `base_model`
         base_model = None

@@ -24,6 +24,8 @@ LOSS_KEYS: tuple[tuple[str, str], ...] = (
     ("prediction_loss", "Prediction loss"),
     ("sigreg_loss", "SIGReg"),
 )
+# The evaluation-time k-NN accuracy of frozen embeddings (`LeJepaTrainer(eval_embedding_metrics=...)`), own panel.
+KNN_KEY = "eval_knn_accuracy"
 
 
 def covariance_eigenvalues(embeddings: np.ndarray) -> np.ndarray:
@@ -79,30 +81,42 @@ def plot_loss_curves(log_history: Iterable[Mapping[str, Any]], path: str | os.Pa
     """
     Plots the total loss, the prediction loss and SIGReg against the training step, one panel each (their scales
     differ), from a `Trainer` `log_history` (`trainer.state.log_history`: dicts with `"step"` and any of `"loss"`,
-    `"prediction_loss"`, `"sigreg_loss"`). Entries without these keys (evaluation logs, the final summary) are skipped.
+    `"prediction_loss"`, `"sigreg_loss"`). The validation values of the same terms (`"eval_loss"`,
+    `"eval_prediction_loss"`, `"eval_sigreg_loss"`, from `LeJepaTrainer.evaluate`) are drawn in the same panels, and
+    the k-NN accuracy of the frozen embeddings (`"eval_knn_accuracy"`) in a panel of its own. Other entries (the
+    final summary) are skipped.
 
     Args:
         log_history (iterable of `dict`): the logged entries.
         path (`str` or `os.PathLike`): where to write the PNG.
 
     Returns:
-        The path of the PNG, or `None` (and no file) when no entry holds any of the three losses.
+        The path of the PNG, or `None` (and no file) when no entry holds any of these values.
     """
     log_history = list(log_history)
-    panels = [(key, title, *_series(log_history, key)) for key, title in LOSS_KEYS]
+    panels = [
+        (key, title, [("training", *_series(log_history, key)), ("validation", *_series(log_history, f"eval_{key}"))])
+        for key, title in LOSS_KEYS
+    ]
+    panels.append((KNN_KEY, "k-NN accuracy (validation)", [("validation", *_series(log_history, KNN_KEY))]))
+    panels = [(key, title, [line for line in lines if line[1]]) for key, title, lines in panels]
     panels = [panel for panel in panels if panel[2]]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (key, title, steps, values) in zip(axes[0], panels):
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1.5)
+    for ax, (key, title, lines) in zip(axes[0], panels):
+        for label, steps, values in lines:
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1.5, label=label)
+        values = [value for _, _, line_values in lines for value in line_values]
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         if min(values) > 0 and max(values) / min(values) > 50:
             ax.set_yscale("log")
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
-    fig.suptitle("LeJEPA training losses")
+    fig.suptitle("LeJEPA training and validation")
     return _save_figure(fig, path)
 
 

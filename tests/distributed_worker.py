@@ -1,6 +1,6 @@
 """Worker for tests/test_distributed.py, run by `accelerate launch` on 1 or 2 CPU processes (gloo).
 
-Usage: python distributed_worker.py {data,gradients,train} OUTPUT_DIR [--batch_norm]
+Usage: python distributed_worker.py {data,gradients,train,evaluate} OUTPUT_DIR [--batch_norm]
 Writes its findings as JSON / torch files into OUTPUT_DIR for the test to compare with a single-process reference.
 """
 
@@ -123,6 +123,32 @@ def check_training(output_dir: str, batch_norm: bool) -> None:
             json.dump({"num_processes": trainer.accelerator.num_processes, "history": history}, f)
 
 
+def check_evaluation(output_dir: str) -> None:
+    """The validation loss of a fixed model on 21 digits (SIGReg blocks of 8, 8 and 5 images), with the global eval
+    batch of 8 split over the processes. Process 1 first scrambles its BatchNorm running statistics, as a training
+    step would leave them: the evaluation must use process 0's."""
+    from trainer import MultiCropCollator, MultiCropTransform, load_digits_dataset, prepare_validation_dataset
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config = LeJepaConfig.from_preset("vit-tiny-test", num_local_views=2)
+    torch.manual_seed(0)
+    model = LeJepaForPreTraining(config)
+    validation = prepare_validation_dataset(
+        load_digits_dataset()["test"].select(range(21)), MultiCropTransform.from_lejepa_config(config), "image"
+    )
+    args = TrainingArguments(output_dir=output_dir, use_cpu=True, per_device_eval_batch_size=8 // world,
+                             report_to="none", remove_unused_columns=False, dataloader_num_workers=0)
+    trainer = LeJepaTrainer(model=model, args=args, eval_dataset=validation, data_collator=MultiCropCollator())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if trainer.accelerator.process_index == 1 and "running" in name:
+                buffer.mul_(1.5).add_(0.1)
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        with open(os.path.join(output_dir, "eval.json"), "w") as f:
+            json.dump({"num_processes": trainer.accelerator.num_processes, **metrics}, f)
+
+
 if __name__ == "__main__":
     mode, output_dir = sys.argv[1], sys.argv[2]
     os.makedirs(output_dir, exist_ok=True)
@@ -130,5 +156,7 @@ if __name__ == "__main__":
         check_data(output_dir)
     elif mode == "gradients":
         check_gradients(output_dir)
+    elif mode == "evaluate":
+        check_evaluation(output_dir)
     else:
         check_training(output_dir, batch_norm="--batch_norm" in sys.argv)

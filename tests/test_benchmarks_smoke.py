@@ -61,3 +61,16 @@ def test_gpu_sh_dry_run(tmp_path):
     assert (tmp_path / "gpu_bench_quick.json").exists() and (tmp_path / "gpu_bench.log").exists()
     assert "done (status 0)" in result.stdout
 
+
+
+@pytest.mark.slow
+def test_loss_study_quick(tmp_path):
+    study = load("loss_study")
+    result = study.main(["--quick", "--output", str(tmp_path / "study"), "--work_dir", str(tmp_path / "runs")])
+    assert len(result["runs"]) == 3 and all(0.0 <= r["linear_probe_accuracy"] <= 1.0 for r in result["runs"])
+    assert {"overall", "random_init"} <= set(result["spearman"])
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / f"study{suffix}").is_file()
+    # a second call reuses the finished runs (results.jsonl) instead of training again
+    again = study.main(["--quick", "--output", str(tmp_path / "again"), "--work_dir", str(tmp_path / "runs")])
+    assert again["runs"] == result["runs"]

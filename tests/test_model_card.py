@@ -213,8 +213,16 @@ def test_spectrum_and_effective_rank():
 
 
 def test_plots_edge_cases(tmp_path):
-    assert plot_loss_curves([{"step": 1, "eval_loss": 0.3}], tmp_path / "none.png") is None
+    assert plot_loss_curves([{"step": 1, "train_runtime": 3.0}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    # validation values join their training panels; the k-NN accuracy gets its own: 4 panels of 4.5 inches
+    history = [{"step": 1, "loss": 1.0, "prediction_loss": 0.5, "sigreg_loss": 9.0},
+               {"step": 2, "eval_loss": 0.8, "eval_prediction_loss": 0.4, "eval_sigreg_loss": 8.0,
+                "eval_knn_accuracy": 0.5}]
+    with Image.open(plot_loss_curves(history, tmp_path / "with_eval.png")) as image:
+        with Image.open(plot_loss_curves(history[:1], tmp_path / "train_only.png")) as train_only:
+            assert image.width == pytest.approx(train_only.width * 4 / 3, rel=0.02)
+    assert_png(plot_loss_curves(history[1:], tmp_path / "eval_only.png"), min_width=300)
     path = plot_loss_curves([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], tmp_path / "only_total.png")
     assert_png(path, min_width=300)
     low_rank = np.random.default_rng(0).normal(size=(30, 2)) @ np.random.default_rng(1).normal(size=(2, 64))

@@ -18,10 +18,15 @@ from .data import (
     load_digits_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
+    prepare_validation_dataset,
+    sample_examples,
+    split_validation_dataset,
+    take_validation_examples,
 )
-from .trainer import LeJepaTrainer, NonFiniteLossError
+from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
+    "EVAL_SIGREG_SEED",
     "BadSampleCounter",
     "GracefulShutdownCallback",
     "ImageDecodeError",
@@ -39,4 +44,8 @@ __all__ = [
     "load_digits_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
+    "prepare_validation_dataset",
+    "sample_examples",
+    "split_validation_dataset",
+    "take_validation_examples",
 ]

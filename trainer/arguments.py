@@ -14,8 +14,9 @@ NONFINITE_LOSS_POLICIES = ("raise", "skip")
 class LeJepaTrainingArguments(TrainingArguments):
     """
     [`~transformers.TrainingArguments`] with the LeJEPA recipe as defaults (AdamW, lr 5e-4, weight decay 0.05, linear
-    warmup then cosine decay to lr / 1000, batches of 128 images, DDP without `find_unused_parameters`: LeJEPA uses
-    every parameter in every step) and the options that [`LeJepaTrainer`] reads from `self.args`, as
+    warmup then cosine decay to lr / 1000, batches of 128 images, also in evaluation; DDP without
+    `find_unused_parameters`: LeJEPA uses every parameter in every step; `do_train` on, so that `run_pretraining.py`
+    trains unless given `--do_train False`) and the options that [`LeJepaTrainer`] reads from `self.args`, as
     `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain `TrainingArguments`,
     `LeJepaTrainer` uses the defaults below.
 
@@ -34,6 +35,9 @@ class LeJepaTrainingArguments(TrainingArguments):
     """
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
+    do_train: bool = field(
+        default=True, metadata={"help": "Pretrain; `--do_train False --do_eval` evaluates `--model_name_or_path`."}
+    )
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (5e-4 for ResNets)."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Linear warmup: steps, or a fraction if below 1."})
@@ -42,6 +46,13 @@ class LeJepaTrainingArguments(TrainingArguments):
         default_factory=lambda: {"min_lr_rate": 1e-3}, metadata={"help": "Decay to lr / 1000 by default."}
     )
     per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per device and step."})
+    per_device_eval_batch_size: int = field(
+        default=128,
+        metadata={
+            "help": "Validation images per device and forward pass. SIGReg's eval_loss is computed on blocks of "
+            "this times the number of processes: keep that product fixed to compare runs."
+        },
+    )
     num_train_epochs: float = field(default=40.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
     save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints."})

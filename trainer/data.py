@@ -1117,6 +1117,109 @@ def _has_pixel_values(example: dict[str, Any]) -> bool:
     return example["pixel_values"] is not None
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Validation data: fixed views
+# ----------------------------------------------------------------------------------------------------------------
+
+# Seed of the views of validation image 0; image `i` uses `VALIDATION_VIEW_SEED + i`. A constant (not the run's seed),
+# so that every run and every evaluation sees the same views of the same validation image.
+VALIDATION_VIEW_SEED = 0
+VIEW_SEED_COLUMN = "view_seed"
+
+
+class FixedViewBatchTransform:
+    """
+    Wraps a `MultiCropBatchTransform` so that the random views of each row are drawn from torch's generator seeded
+    with the row's `view_seed` column (forked: the caller's random state is left untouched). The views of a
+    validation image then depend only on its index, not on the evaluation, the run, the DataLoader worker or the
+    number of processes. Used by `prepare_validation_dataset`.
+
+    Args:
+        batch_transform (`MultiCropBatchTransform`): the decoding and multi-crop transform of one batch of rows.
+        seed_column_name (`str`, *optional*, defaults to `"view_seed"`): the integer column holding each row's seed.
+    """
+
+    def __init__(self, batch_transform: MultiCropBatchTransform, seed_column_name: str = VIEW_SEED_COLUMN):
+        self.batch_transform = batch_transform
+        self.seed_column_name = seed_column_name
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        seeds = batch[self.seed_column_name]
+        rows = []
+        for row, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                rows.append(self.batch_transform({key: values[row : row + 1] for key, values in batch.items()}))
+        keys = list(dict.fromkeys(key for output in rows for key in output))
+        return {key: [value for output in rows for value in output.get(key, [None])] for key in keys}
+
+
+def prepare_validation_dataset(
+    dataset: datasets.Dataset,
+    transform: Callable[[PIL.Image.Image], dict[str, torch.Tensor]],
+    image_column_name: str,
+    label_column_name: str | None = None,
+    counter: BadSampleCounter | None = None,
+    max_image_pixels: int | None = None,
+    seed: int = VALIDATION_VIEW_SEED,
+) -> datasets.Dataset:
+    """
+    `prepare_pretraining_dataset` for validation data: the same decoding and multi-crop transform, but the views of
+    row `i` are drawn with the seed `seed + i` (`FixedViewBatchTransform`), identical at every evaluation and in
+    every run. Labels, when `label_column_name` is given, pass through as `labels`.
+
+    Args:
+        dataset (`datasets.Dataset`): map-style validation images (see `take_validation_examples` for a stream).
+        transform, image_column_name, label_column_name, counter, max_image_pixels: see `prepare_pretraining_dataset`.
+        seed (`int`, *optional*, defaults to `VALIDATION_VIEW_SEED`): seed of the views of row 0.
+
+    Raises:
+        `ValueError`: for a streamed dataset, or when the image column is missing or holds no images.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(
+            f"Validation data must be map-style (`datasets.Dataset`), got {type(dataset).__name__}: take a fixed "
+            "number of examples of a stream with `take_validation_examples`."
+        )
+    if VIEW_SEED_COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(VIEW_SEED_COLUMN)
+    dataset = dataset.add_column(VIEW_SEED_COLUMN, list(range(seed, seed + len(dataset))))
+    # the checks and the cast of the image column; the transform is then replaced by the seeded one
+    dataset = prepare_pretraining_dataset(
+        dataset, transform, image_column_name, label_column_name, counter=counter, max_image_pixels=max_image_pixels
+    )
+    batch_transform = MultiCropBatchTransform(
+        transform, image_column_name, label_column_name=label_column_name, counter=counter,
+        max_image_pixels=max_image_pixels,
+    )
+    return dataset.with_transform(FixedViewBatchTransform(batch_transform))
+
+
+def take_validation_examples(
+    dataset: datasets.Dataset | datasets.IterableDataset, num_examples: int | None, image_column_name: str
+) -> datasets.Dataset:
+    """
+    A fixed validation set: the first `num_examples` rows of `dataset` in its stored order (for a stream: the first
+    rows it yields, unshuffled), as an in-memory map-style `datasets.Dataset` with the images kept undecoded. The
+    whole of a map-style `dataset` when `num_examples` is `None`.
+
+    Raises:
+        `ValueError`: when `dataset` is a stream and `num_examples` is not set (a stream has no end to stop at).
+    """
+    if isinstance(dataset, datasets.Dataset):
+        return dataset if num_examples is None else dataset.select(range(min(num_examples, len(dataset))))
+    if num_examples is None:
+        raise ValueError("A streamed validation set needs a size: pass `--max_eval_samples`.")
+    features = dataset.features
+    if features is not None and _feature_is_image(features[image_column_name]):
+        dataset = dataset.cast_column(image_column_name, datasets.Image(decode=False))
+        features = dataset.features
+    rows = list(dataset.take(num_examples))
+    if not rows:
+        raise ValueError("The validation stream gave no example.")
+    return datasets.Dataset.from_list(rows, features=features)
+
+
 def load_digits_dataset(image_size: int = 32, seed: int = 0, test_fraction: float = 0.2) -> datasets.DatasetDict:
     """
     The built-in dataset: scikit-learn's 1,797 handwritten digits (8x8, 0..16 grey levels) as RGB images, for demos,
@@ -1166,8 +1269,60 @@ def load_digits_dataset(image_size: int = 32, seed: int = 0, test_fraction: floa
     return datasets.DatasetDict({"train": build(train_indices), "test": build(test_indices)})
 
 
+def split_validation_dataset(
+    train_dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column_name: str,
+    validation_dataset: datasets.Dataset | datasets.IterableDataset | None = None,
+    train_val_split: float | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | None]:
+    """
+    The validation set of a run, as `run_mae.py` makes it: a given `validation_dataset` (a named split or a folder),
+    else a fraction `train_val_split` of the training data held out with `train_test_split(seed=seed)`, else none.
+    It is then made fixed and map-style: at most `max_eval_samples` images, the first ones of a stream
+    (`take_validation_examples`), or a sample of a map-style set drawn with a constant seed (`sample_examples`: the
+    same subset in every run, also when `--seed` changes).
+
+    Returns:
+        `(train_dataset, validation_dataset)`: the training data without the held-out part, and the validation set
+        (`None` when there is none).
+
+    Raises:
+        `ValueError`: for `train_val_split` outside (0, 1), together with `validation_dataset`, or on a stream (pass a
+        validation split or folder instead).
+    """
+    if train_val_split is not None:
+        if validation_dataset is not None:
+            raise ValueError("Pass either a validation split/folder or `--train_val_split`, not both.")
+        if not 0.0 < train_val_split < 1.0:
+            raise ValueError(f"`--train_val_split` must be in (0, 1), got {train_val_split}.")
+        if not isinstance(train_dataset, datasets.Dataset):
+            raise ValueError(
+                "`--train_val_split` needs map-style data: a stream cannot be split reproducibly. Pass "
+                "`--validation_split` or `--validation_dir` with `--max_eval_samples` instead."
+            )
+        split = train_dataset.train_test_split(test_size=train_val_split, seed=seed)
+        train_dataset, validation_dataset = split["train"], split["test"]
+    if validation_dataset is None:
+        return train_dataset, None
+    if isinstance(validation_dataset, datasets.Dataset):
+        return train_dataset, sample_examples(validation_dataset, max_eval_samples)
+    return train_dataset, take_validation_examples(validation_dataset, max_eval_samples, image_column_name)
+
+
+def sample_examples(dataset: datasets.Dataset, num_examples: int | None) -> datasets.Dataset:
+    """At most `num_examples` rows of a map-style dataset, drawn with the constant seed `VALIDATION_VIEW_SEED` (the
+    same rows in every run; not the first rows, which may all be of one class); all of it when `num_examples` is
+    `None` or not smaller."""
+    if num_examples is None or num_examples >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=VALIDATION_VIEW_SEED).select(range(num_examples)).flatten_indices()
+
+
 __all__ = [
     "BadSampleCounter",
+    "FixedViewBatchTransform",
     "ImageDecodeError",
     "MultiCropBatchTransform",
     "MultiCropCollator",
@@ -1180,5 +1335,9 @@ __all__ = [
     "load_digits_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
+    "prepare_validation_dataset",
+    "sample_examples",
+    "split_validation_dataset",
+    "take_validation_examples",
     "to_rgb_image",
 ]

@@ -6,17 +6,19 @@ import math
 import os
 import shutil
 import types
+from collections.abc import Callable
 from typing import Any
 
 import datasets
 import safetensors.torch
 import torch
 import transformers.trainer
-from accelerate.utils import is_torchdata_stateful_dataloader_available
+from accelerate.utils import broadcast, is_torchdata_stateful_dataloader_available
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, PushInProgress, logging
 
 from .arguments import check_nonfinite_policy, lejepa_option
@@ -41,6 +43,9 @@ HUB_IGNORE_PATTERNS = ["_*", f"{PREFIX_CHECKPOINT_DIR}-*", "*.bin", "*.pt", "*.p
 _CHECKPOINT_HUB_STRATEGIES = (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
 # Per-window sums of the loss terms (and of the online probe), logged next to Trainer's own `loss`.
 _METRICS = ("prediction_loss", "sigreg_loss", "probe_loss", "probe_accuracy", "embedding_std")
+# Seed of SIGReg's directions in evaluation: a constant, not the step, so that every evaluation of every run uses the
+# same directions.
+EVAL_SIGREG_SEED = 2**31 - 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,11 +75,26 @@ class LeJepaTrainer(Trainer):
     views are made; kept as `launch_summary` for the model card) and stops a launch that asked for FSDP, DeepSpeed or
     several processes and did not get them (`trainer.launch.LaunchConfigurationError`).
 
+    `evaluate` reports `eval_loss`, `eval_prediction_loss` and `eval_sigreg_loss`: the LeJEPA loss of the model in
+    eval mode (projector BatchNorm on its running statistics, those of process 0) on fixed views (see
+    `trainer.data.prepare_validation_dataset`) and fixed SIGReg directions (seed `EVAL_SIGREG_SEED`), over the whole
+    validation set. SIGReg is a statistic of a batch, so the set is cut into consecutive blocks of
+    `per_device_eval_batch_size * world_size` images in index order (the last block may be smaller), SIGReg is
+    computed on each whole block (its ECF averaged over processes, as in training), and the terms are averaged over
+    images: `eval_prediction_loss` is the mean over images, `eval_sigreg_loss` the mean of the blocks' SIGReg weighted
+    by their sizes, `eval_loss = (1 - lambda) * eval_prediction_loss + lambda * eval_sigreg_loss`. The value depends
+    only on the model, the validation set and the global eval batch size: the same with 1 or several processes (to
+    float32 rounding) and at every evaluation, so `metric_for_best_model="eval_loss"` selects checkpoints without
+    labels. With `eval_embedding_metrics`, its metrics (e.g. `knn_accuracy`) are logged beside them.
+
     Args:
         probe_num_labels (`int`, *optional*):
             When set and batches carry `labels`, an online linear probe (LayerNorm + Linear on the detached embedding
             of the first global view) trains alongside, in its own optimizer parameter group, and `probe_accuracy`
             is logged. It never changes the pretraining gradients nor the logged `loss`.
+        eval_embedding_metrics (`Callable`, *optional*):
+            Called at each evaluation with the unwrapped model (on every process) and returning a `dict` of metrics
+            of its frozen embeddings, such as `{"knn_accuracy": 0.9}`, logged with the `eval_` prefix.
         kwargs: passed to [`~transformers.Trainer`].
     """
 
@@ -86,6 +106,7 @@ class LeJepaTrainer(Trainer):
         on_nonfinite_loss: str | None = None,
         collapse_std_threshold: float | None = None,
         save_on_sigterm: bool | None = None,
+        eval_embedding_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
         **kwargs,
     ):
         if on_nonfinite_loss is not None:
@@ -105,6 +126,7 @@ class LeJepaTrainer(Trainer):
         self.probe_learning_rate = lejepa_option(self.args, "probe_learning_rate", probe_learning_rate)
         save_on_sigterm = lejepa_option(self.args, "save_on_sigterm", save_on_sigterm)
         self.nonfinite_steps = 0
+        self.eval_embedding_metrics = eval_embedding_metrics
         self.probe: nn.Module | None = None
         if probe_num_labels and lejepa_option(self.args, "online_probe"):
             size = self.model.lejepa.embedding_size
@@ -224,6 +246,13 @@ class LeJepaTrainer(Trainer):
                 self.model = sharded_model
             return
         super().save_model(output_dir, _internal_call)
+
+    def _load_best_model(self) -> None:
+        # Trainer's own version has the same non-strict load as `_load_from_checkpoint` (see there).
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # Written before trainer_state.json, the file that marks a checkpoint complete.
@@ -356,6 +385,80 @@ class LeJepaTrainer(Trainer):
         loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         return (loss, outputs) if return_outputs else loss
 
+    # -------------------------------------------------------------------------------------------------- evaluation
+    def get_eval_dataloader(self, eval_dataset: str | Any | None = None) -> DataLoader:
+        """
+        The evaluation DataLoader of this process: its share of each block of `eval_batch_size * world_size`
+        consecutive validation images (see `validation_batches`), not sharded again by Accelerate.
+        """
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Evaluation needs an eval_dataset (run_pretraining.py: `--validation_split`, ...).")
+        if not hasattr(dataset, "__len__"):
+            raise ValueError(
+                "LeJEPA's evaluation needs a validation set of known size, fixed across evaluations; take a fixed "
+                "number of examples of a stream (`trainer.data.take_validation_examples`)."
+            )
+        world, rank = self.args.world_size, self.args.process_index
+        batches = validation_batches(len(dataset), self.args.eval_batch_size * world, world, rank)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """The validation loss on fixed views and directions, in eval mode (see the class docstring)."""
+        model = self.model_wrapped if self.is_fsdp_enabled or self.is_deepspeed_enabled else self.model
+        was_training = model.training
+        model.eval()
+        if self.accelerator.num_processes > 1 and not self.is_fsdp_enabled:
+            # After a training step each process holds its own BatchNorm running statistics (DDP broadcasts those of
+            # process 0 at the start of the next one): evaluate with process 0's, which are also the saved ones.
+            for buffer in self.model.buffers():
+                broadcast(buffer, from_process=0)  # in place
+        self.callback_handler.eval_dataloader = dataloader
+        # sums over this process's images of the loss, its two terms and 1
+        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for inputs in dataloader:
+                inputs = self._prepare_inputs(inputs)
+                with self.autocast_smart_context_manager():
+                    outputs = model(
+                        pixel_values=inputs["pixel_values"],
+                        local_pixel_values=inputs.get("local_pixel_values"),
+                        step=EVAL_SIGREG_SEED,
+                    )
+                count = inputs["pixel_values"].shape[0]
+                # the prediction term is a mean over this process's images; SIGReg is that of the whole block
+                terms = torch.stack([outputs.loss, outputs.prediction_loss, outputs.sigreg_loss]).double()
+                totals += torch.cat([terms * count, terms.new_tensor([count])])
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, "sum")
+        loss, prediction, sigreg, count = totals.tolist()
+        metrics = {
+            f"{metric_key_prefix}_loss": loss / count,
+            f"{metric_key_prefix}_prediction_loss": prediction / count,
+            f"{metric_key_prefix}_sigreg_loss": sigreg / count,
+        }
+        if self.eval_embedding_metrics is not None:
+            extra = self.eval_embedding_metrics(self.accelerator.unwrap_model(self.model))
+            metrics.update({f"{metric_key_prefix}_{name}": value for name, value in extra.items()})
+        model.train(was_training)
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(count))
+
     # ----------------------------------------------------------------------------------------------------- logging
     def _accumulate(self, name: str, value: torch.Tensor) -> None:
         # Kept on the device: no host sync until the next log.
@@ -471,3 +574,38 @@ class LeJepaTrainer(Trainer):
             self.push_in_progress = PushInProgress([job])
         else:
             self.push_in_progress.jobs.append(job)
+
+
+def validation_batches(
+    num_examples: int, global_batch_size: int, num_processes: int = 1, process_index: int = 0
+) -> list[list[int]]:
+    """
+    The indices that process `process_index` evaluates, batch by batch: the validation set is cut into consecutive
+    blocks of `global_batch_size` examples in index order (the last one may be smaller), and each block into
+    `num_processes` consecutive parts of near-equal size, of which this process takes one. All processes thus make the
+    same number of forward passes, and a block, the set over which SIGReg is computed, has the same images whatever
+    the number of processes. A last block with fewer images than processes is left out (with a warning).
+
+    Example:
+
+    ```python
+    >>> from trainer.trainer import validation_batches
+    >>> validation_batches(10, 4, num_processes=2, process_index=1)
+    [[2, 3], [6, 7], [9]]
+    ```
+    """
+    if global_batch_size < num_processes:
+        raise ValueError(f"The global eval batch ({global_batch_size}) must have at least one image per process.")
+    batches = []
+    for start in range(0, num_examples, global_batch_size):
+        block = range(start, min(start + global_batch_size, num_examples))
+        if len(block) < num_processes:
+            logger.warning(
+                f"Leaving the last {len(block)} validation image(s) out of the evaluation: fewer than the "
+                f"{num_processes} processes."
+            )
+            break
+        size, extra = divmod(len(block), num_processes)
+        first = block.start + process_index * size + min(process_index, extra)
+        batches.append(list(range(first, first + size + (process_index < extra))))
+    return batches
