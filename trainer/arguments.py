@@ -30,6 +30,10 @@ class LeJepaTrainingArguments(TrainingArguments):
             A collapse warning is logged when the mean per-dimension standard deviation of the embeddings falls below.
         save_on_sigterm (`bool`, *optional*, defaults to `True`):
             On SIGTERM, save a checkpoint at the end of the current step and stop; the same command resumes.
+        augment_on_device (`bool`, *optional*):
+            Make the multi-crop views on the training device (`trainer.device_views.DeviceMultiCrop`): DataLoader
+            workers then only decode and resize each image once (`DecodeResizeTransform`) and hand over `uint8`.
+            `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and off on a CPU.
     """
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
@@ -67,6 +71,14 @@ class LeJepaTrainingArguments(TrainingArguments):
         metadata={"help": "On SIGTERM: save a checkpoint at the end of the step, stop, and exit with code 143."},
     )
 
+    augment_on_device: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Cut and augment the views on the training device in one batched pass (workers only decode and "
+            "resize). Default: on when training on an accelerator, off on a CPU."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         check_nonfinite_policy(self.on_nonfinite_loss)
@@ -75,6 +87,13 @@ class LeJepaTrainingArguments(TrainingArguments):
 def check_nonfinite_policy(policy: str) -> None:
     if policy not in NONFINITE_LOSS_POLICIES:
         raise ValueError(f"`on_nonfinite_loss` must be 'raise' or 'skip', got {policy!r}.")
+
+
+def resolve_augment_on_device(args: TrainingArguments, value: bool | None = None) -> bool:
+    """Whether the views are made on the device: `value` if given, else `args.augment_on_device` when set, else
+    whether `args.device` is an accelerator (anything but the CPU)."""
+    value = lejepa_option(args, "augment_on_device", value)
+    return bool(value) if value is not None else args.device.type != "cpu"
 
 
 def lejepa_option(args: TrainingArguments, name: str, value: Any = None) -> Any:
