@@ -34,14 +34,18 @@ from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
 from run_evaluation import default_image_processor, evaluate_embeddings
 from trainer import (
     BadSampleCounter,
+    DecodeResizeTransform,
+    DeviceMultiCrop,
     LeJepaTrainer,
     LeJepaTrainingArguments,
     MultiCropCollator,
+    MultiCropConfig,
     MultiCropTransform,
     get_last_complete_checkpoint,
     load_digits_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
+    resolve_augment_on_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,7 +171,9 @@ def main() -> None:
     else:
         image_processor = default_image_processor(config.global_image_size)
 
-    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted
+    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted. With
+    #    --augment_on_device (the default on accelerators) the workers only decode and resize each image once, and
+    #    the trainer cuts and augments the views on the device; otherwise the workers make the views.
     eval_dataset = None
     if builtin_digits:
         digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)
@@ -186,9 +192,12 @@ def main() -> None:
             seed=training_args.seed,
             shuffle_buffer_size=data_args.shuffle_buffer_size,
         )
-    transform = MultiCropTransform.from_lejepa_config(
+    views = MultiCropConfig.from_lejepa_config(
         config, image_processor=image_processor, **(BUILTIN_TRANSFORM if builtin_digits else {})
     )
+    augment_on_device = resolve_augment_on_device(training_args)
+    transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
+    logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
     num_labels = None
     if label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
         num_labels = train_dataset.features[label_column].num_classes
@@ -202,6 +211,10 @@ def main() -> None:
     if data_args.streaming:
         # Each process reads its own shards: Accelerate must not dispatch batches from process 0.
         training_args.accelerator_config.dispatch_batches = False
+    elif training_args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in given:
+        # Map-style data: keep the workers between epochs instead of starting them again (the sampler runs in the
+        # main process, so every epoch is still shuffled afresh). Not for streams: workers would keep their epoch.
+        training_args.dataloader_persistent_workers = True
 
     # 6. Trainer, resuming from the last checkpoint of output_dir if there is one
     trainer = LeJepaTrainer(
@@ -211,6 +224,8 @@ def main() -> None:
         data_collator=MultiCropCollator(),
         processing_class=image_processor,
         probe_num_labels=num_labels,
+        augment_on_device=augment_on_device,
+        device_views=DeviceMultiCrop(views) if augment_on_device else None,
     )
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:

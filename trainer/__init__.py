@@ -1,6 +1,6 @@
 """LeJEPA pretraining with `transformers.Trainer`: the trainer, multi-crop views and data loading."""
 
-from .arguments import LeJepaTrainingArguments
+from .arguments import LeJepaTrainingArguments, resolve_augment_on_device
 from .callbacks import (
     GracefulShutdownCallback,
     StreamStateCallback,
@@ -9,6 +9,7 @@ from .callbacks import (
 )
 from .data import (
     BadSampleCounter,
+    DecodeResizeTransform,
     ImageDecodeError,
     MultiCropCollator,
     MultiCropConfig,
@@ -19,10 +20,13 @@ from .data import (
     load_pretraining_dataset,
     prepare_pretraining_dataset,
 )
+from .device_views import DeviceMultiCrop, view_generator
 from .trainer import LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
     "BadSampleCounter",
+    "DecodeResizeTransform",
+    "DeviceMultiCrop",
     "GracefulShutdownCallback",
     "ImageDecodeError",
     "LeJepaTrainer",
@@ -39,4 +43,6 @@ __all__ = [
     "load_digits_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
+    "resolve_augment_on_device",
+    "view_generator",
 ]

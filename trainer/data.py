@@ -618,8 +618,8 @@ class DecodeResizeTransform:
     upsampled. Crops are then drawn from each image's whole extent, as on the CPU path.
 
     Args:
-        config (`MultiCropConfig`, *optional*): the view settings (`MultiCropConfig()` by default); only the sizes, crop
-            scales and `background_color` are used here.
+        config (`MultiCropConfig`, *optional*): the view settings (`MultiCropConfig()` by default); only the sizes,
+            crop scales and `background_color` are used here.
         target_pixels (`int`, *optional*): overrides the pixel target above.
 
     Example:
@@ -873,9 +873,9 @@ class MultiCropCollator:
     top left; each image's last row and column are repeated once into the padding, so that bilinear crops touching
     its border see its own edge) with their true sizes in `image_sizes` `(B, 2)` (height, width).
 
-    Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a batch may be
-    smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep their own
-    copies).
+    Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a
+    batch may be smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep
+    their own copies).
 
     Args:
         return_labels (`bool`, defaults to `True`):

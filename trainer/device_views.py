@@ -179,7 +179,7 @@ class DeviceMultiCrop:
             def uniform(*shape: int, low: float = 0.0, high: float = 1.0, dtype=torch.float64) -> torch.Tensor:
                 return torch.rand(*shape, generator=generator, dtype=dtype) * (high - low) + low
 
-            def bernoulli(probability: float | torch.Tensor) -> torch.Tensor:
+            def bernoulli(probability: float | torch.Tensor, n: int = n) -> torch.Tensor:
                 return torch.rand(n, generator=generator) < probability
 
             per_view = torch.arange(count).repeat(batch_size)  # view index v of row b * V + v
