@@ -157,7 +157,8 @@ def loader_throughput(dataset, num_workers: int, args: argparse.Namespace, seed:
         del iterator
     finally:
         torch.set_num_threads(threads)
-    cpu_rate = images / (cpu_end - cpu_start) if cpu_start is not None and cpu_end is not None else None
+    measured = cpu_start is not None and cpu_end is not None and cpu_end > cpu_start  # /proc counts 10 ms ticks
+    cpu_rate = images / (cpu_end - cpu_start) if measured else None
     return images / elapsed, cpu_rate
 
 

@@ -75,7 +75,8 @@ from trainer import (  # noqa: E402
 
 SECTIONS = ("decode", "loader", "augment", "small-run")
 QUICK_DEFAULTS = {
-    "num_images": 6, "width": 256, "height": 192, "batch_size": 4, "num_batches": 2, "repeats": 1, "decode_repeats": 2,
+    "num_images": 6, "width": 256, "height": 192, "batch_size": 4, "num_batches": 10, "repeats": 1,
+    "decode_repeats": 2,
     "augment_batch": 4, "global_size": 64, "local_size": 32, "small_images": 48, "small_batch": 8, "small_steps": 4,
     "small_hidden": 32, "small_layers": 1,
 }
@@ -167,9 +168,10 @@ def loader_section(args: argparse.Namespace, config: MultiCropConfig, train_dir:
         for name in list(datasets_by_path) if repeat % 2 == 0 else list(reversed(datasets_by_path)):
             rate, cpu_rate = loader_throughput(datasets_by_path[name], 1, args, seed=repeat)
             rates[name].append(rate)
-            cpu_rates[name].append(cpu_rate)
-            print(f"  repeat {repeat + 1}/{args.repeats}, {name}: {rate:.1f} images/s, {cpu_rate:.1f} images per "
-                  "worker CPU-second", flush=True)
+            if cpu_rate is not None:  # None: less CPU time than /proc's 10 ms resolution
+                cpu_rates[name].append(cpu_rate)
+            print(f"  repeat {repeat + 1}/{args.repeats}, {name}: {rate:.1f} images/s, {cpu_rate or float('nan'):.1f} "
+                  "images per worker CPU-second", flush=True)
     names = list(datasets_by_path)
     result = {name: {"images_per_s": median(rates[name]), "images_per_cpu_s": median(cpu_rates[name])}
               for name in names}

@@ -66,8 +66,7 @@ def test_gpu_sh_dry_run(tmp_path):
 def test_bench_device_views_quick(capsys):
     bench = load("bench_device_views")
     result = bench.main(["--quick", "--sections", "decode", "loader", "augment"])
-    assert set(result["decode"]) == {"Pillow, full decode + resize", "Pillow, reduced-size decode (Image.draft) [+ resize]",
-                                     "torchvision.io.decode_jpeg + antialiased resize"}
+    assert len(result["decode"]) == 3 and all(ms > 0 for ms in result["decode"].values())
     assert result["loader"]["cpu_ratio"] > 1  # views made in the worker cost more CPU than decoding alone
     assert result["augment"]["cpu_ms_1"] > 0
     assert "CPU per image, CPU path / device path" in capsys.readouterr().out
