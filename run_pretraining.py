@@ -172,8 +172,9 @@ def main() -> None:
         image_processor = default_image_processor(config.global_image_size)
 
     # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted. With
-    #    --augment_on_device (the default on accelerators) the workers only decode and resize each image once, and
-    #    the trainer cuts and augments the views on the device; otherwise the workers make the views.
+    #    --augment_on_device (the default on accelerators, and on CPUs for small views) the workers only decode and
+    #    resize each image once, and the trainer cuts and augments the views on the device; otherwise the workers
+    #    make the views.
     eval_dataset = None
     if builtin_digits:
         digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)
@@ -195,7 +196,7 @@ def main() -> None:
     views = MultiCropConfig.from_lejepa_config(
         config, image_processor=image_processor, **(BUILTIN_TRANSFORM if builtin_digits else {})
     )
-    augment_on_device = resolve_augment_on_device(training_args)
+    augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
     transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
     logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
     num_labels = None

@@ -337,11 +337,12 @@ def write_small_images(folder: Path, count: int) -> None:
 def small_run_section(args: argparse.Namespace, root: Path, cache: Path) -> dict:
     train_dir = root / "small"
     write_small_images(train_dir, args.small_images)
-    walls: dict[str, list[float]] = {run[0]: [] for run in SMALL_RUNS}
-    cpus: dict[str, list[float]] = {run[0]: [] for run in SMALL_RUNS}
-    tree_cpus: dict[str, list[float]] = {run[0]: [] for run in SMALL_RUNS}
+    runs = [SMALL_RUNS[index] for index in sorted(set([0] + args.small_runs))]  # always with "before"
+    walls: dict[str, list[float]] = {run[0]: [] for run in runs}
+    cpus: dict[str, list[float]] = {run[0]: [] for run in runs}
+    tree_cpus: dict[str, list[float]] = {run[0]: [] for run in runs}
     for repeat in range(args.repeats):
-        for name, on_device, workers, persistent in SMALL_RUNS if repeat % 2 == 0 else reversed(SMALL_RUNS):
+        for name, on_device, workers, persistent in runs if repeat % 2 == 0 else reversed(runs):
             wall, cpu, tree_cpu = small_run_once(args, train_dir, cache, on_device, workers, persistent)
             walls[name].append(wall)
             cpus[name].append(cpu)
@@ -387,6 +388,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-steps", type=int, default=14, help="Steps per small-image run (>= 1 epoch).")
     parser.add_argument("--small-hidden", type=int, default=96)
     parser.add_argument("--small-layers", type=int, default=4)
+    parser.add_argument("--small-runs", type=int, nargs="+", default=list(range(len(SMALL_RUNS))),
+                        help="Which small-image configurations (indices into: " + "; ".join(
+                            f"{index}: {run[0]}" for index, run in enumerate(SMALL_RUNS)) + "); 0 always runs.")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test that runs in seconds.")
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK_DEFAULTS)

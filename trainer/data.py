@@ -765,8 +765,8 @@ class MultiCropBatchTransform:
     The per-batch function for `datasets.Dataset.with_transform` and `datasets.IterableDataset.map(batched=True)`:
     decodes the image column itself (the column must be cast to `datasets.Image(decode=False)`, which
     `prepare_pretraining_dataset` does), applies a `MultiCropTransform`, and passes labels through. With a
-    `DecodeResizeTransform` (views made on the device), JPEGs are decoded at reduced size (its `min_pixels`) and each row
-    carries one `uint8` image under `"images"` instead of views.
+    `DecodeResizeTransform` (views made on the device), JPEGs are decoded at reduced size (its `min_pixels`) and each
+    row carries one `uint8` image under `"images"` instead of views.
 
     A sample whose image fails to decode (see `decode_image`) is counted by `counter`; with `drop_bad_samples` it is
     left out of the output (streams: the batch just gets shorter), otherwise its `pixel_values` is `None`, so that

@@ -98,7 +98,9 @@ class LeJepaTrainer(Trainer):
         self.probe_learning_rate = lejepa_option(self.args, "probe_learning_rate", probe_learning_rate)
         save_on_sigterm = lejepa_option(self.args, "save_on_sigterm", save_on_sigterm)
         self.nonfinite_steps = 0
-        self.augment_on_device = resolve_augment_on_device(self.args, augment_on_device)
+        self.augment_on_device = resolve_augment_on_device(
+            self.args, augment_on_device, getattr(self.model.config, "global_image_size", None)
+        )
         self.device_views: DeviceMultiCrop | None = None
         if self.augment_on_device:
             self.device_views = device_views or DeviceMultiCrop.from_lejepa_config(
