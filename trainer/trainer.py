@@ -264,10 +264,14 @@ class LeJepaTrainer(Trainer):
             )
         inputs = dict(inputs)
         images, image_sizes = inputs.pop("images"), inputs.pop("image_sizes")
-        step = self.state.global_step  # micro-batches of one step (gradient accumulation) draw different views
-        self._view_micro_step = self._view_micro_step + 1 if step == self._view_step else 0
-        self._view_step = step
-        generator = view_generator(self.args.seed, step, self.args.process_index, self._view_micro_step)
+        step = self.state.global_step
+        if self.model.training:  # micro-batches of one step (gradient accumulation) draw different views
+            self._view_micro_step = self._view_micro_step + 1 if step == self._view_step else 0
+            self._view_step = step
+            micro_step = self._view_micro_step
+        else:  # evaluation: its own stream, leaving the training views of this step as they would be without it
+            micro_step = 2**32
+        generator = view_generator(self.args.seed, step, self.args.process_index, micro_step)
         inputs.update(self.device_views(images, image_sizes, generator))
         return inputs
 
