@@ -51,22 +51,22 @@ class LeJepaTrainer(Trainer):
     logging, so they reach the progress bar, the console and every `report_to` backend.
 
     The LeJEPA options (`online_probe`, `probe_learning_rate`, `on_nonfinite_loss`, `collapse_std_threshold`,
-    `save_on_sigterm`, `augment_on_device`) are read from `args` when it is a [`LeJepaTrainingArguments`] (their
-    defaults otherwise), as `Seq2SeqTrainer` reads its options from `Seq2SeqTrainingArguments`; a keyword argument of
-    the same name overrides them. With `on_nonfinite_loss="skip"` a skipped step leaves the parameters, optimizer state
-    and BatchNorm statistics as they were (the learning-rate schedule moves on), is counted in `nonfinite_steps` and
-    logged; with several processes the step is skipped on all of them when any one sees a non-finite loss. With
-    `save_on_sigterm`, SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
+    `save_on_sigterm`) are read from `args` when it is a [`LeJepaTrainingArguments`] (their defaults otherwise), as
+    `Seq2SeqTrainer` reads its options from `Seq2SeqTrainingArguments`; a keyword argument of the same name overrides
+    them. With `on_nonfinite_loss="skip"` a skipped step leaves the parameters, optimizer state and BatchNorm
+    statistics as they were (the learning-rate schedule moves on), is counted in `nonfinite_steps` and logged; with
+    several processes the step is skipped on all of them when any one sees a non-finite loss. With `save_on_sigterm`,
+    SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
     `stopped_by_signal` then holds the signal number). For streamed datasets (with `torchdata` installed and
     `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
     (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint.
 
-    With `augment_on_device` (on by default on accelerators, and on CPUs for small views), batches from
-    `MultiCropCollator` carry `uint8` `images` and their `image_sizes` instead of views; `_prepare_inputs` moves them
-    to the device and makes the views there (`DeviceMultiCrop`, with a generator seeded from the seed, the global step
-    and the process index). Training logs also carry `images_per_second` (all processes, over the logging window) and,
-    on a GPU whose peak is known, `mfu` (model FLOPs of every view at its own resolution, 3 x forward, over the dense
-    bf16 peak).
+    With `augment_on_device` (an option read as those above; on by default on accelerators, and on CPUs for small
+    views), batches from `MultiCropCollator` carry `uint8` `images` and their `image_sizes` instead of views;
+    `_prepare_inputs` moves them to the device and makes the views there (`DeviceMultiCrop`, with a generator seeded
+    from the seed, the global step and the process index). Training logs also carry `images_per_second` (all
+    processes, over the logging window) and, on a GPU whose peak is known, `mfu` (model FLOPs of every view at its own
+    resolution, 3 x forward, over the dense bf16 peak).
 
     Args:
         probe_num_labels (`int`, *optional*):
