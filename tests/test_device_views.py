@@ -330,3 +330,14 @@ def test_two_processes_draw_different_views(tmp_path):
         expected = views(result["images"], result["image_sizes"], view_generator(result["seed"], 0, rank))
         torch.testing.assert_close(result["pixel_values"], expected["pixel_values"])
         torch.testing.assert_close(result["local_pixel_values"], expected["local_pixel_values"])
+
+
+@pytest.mark.parametrize("obj", [DeviceMultiCrop, DecodeResizeTransform], ids=lambda obj: obj.__name__)
+def test_docstring_examples_run(obj):
+    import doctest
+
+    text = obj.__doc__.replace("```python", "").replace("```", "")  # the Markdown fences are not output
+    test = doctest.DocTestParser().get_doctest(text, {}, obj.__name__, None, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert test.examples and runner.summarize(verbose=False).failed == 0
