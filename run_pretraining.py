@@ -39,15 +39,19 @@ from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
 from run_evaluation import default_image_processor, evaluate_embeddings, knn_metrics
 from trainer import (
     BadSampleCounter,
+    DecodeResizeTransform,
+    DeviceMultiCrop,
     LeJepaTrainer,
     LeJepaTrainingArguments,
     MultiCropCollator,
+    MultiCropConfig,
     MultiCropTransform,
     get_last_complete_checkpoint,
     load_digits_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
     prepare_validation_dataset,
+    resolve_augment_on_device,
     sample_examples,
     split_validation_dataset,
 )
@@ -198,7 +202,10 @@ def main() -> None:
     else:
         image_processor = default_image_processor(config.global_image_size)
 
-    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted
+    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted. With
+    #    --augment_on_device (the default on accelerators, and on CPUs for small views) the workers only decode and
+    #    resize each image once, and the trainer cuts and augments the views on the device; otherwise the workers
+    #    make the views.
     validation, validation_image_column, validation_label_column = None, None, None
     if builtin_digits:
         digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)
@@ -236,9 +243,12 @@ def main() -> None:
         train_dataset, validation_image_column or image_column, validation, data_args.train_val_split,
         data_args.max_eval_samples, seed=training_args.seed,
     )
-    transform = MultiCropTransform.from_lejepa_config(
+    views = MultiCropConfig.from_lejepa_config(
         config, image_processor=image_processor, **(BUILTIN_TRANSFORM if builtin_digits else {})
     )
+    augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
+    transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
+    logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
     num_labels = None
     if label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
         num_labels = train_dataset.features[label_column].num_classes
@@ -253,14 +263,18 @@ def main() -> None:
     if data_args.streaming:
         # Each process reads its own shards: Accelerate must not dispatch batches from process 0.
         training_args.accelerator_config.dispatch_batches = False
+    elif training_args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in given:
+        # Map-style data: keep the workers between epochs instead of starting them again (the sampler runs in the
+        # main process, so every epoch is still shuffled afresh). Not for streams: workers would keep their epoch.
+        training_args.dataloader_persistent_workers = True
 
     # 6. Validation: the loss on fixed views of each validation image (seeded by its index), and with labelled data
     # (--probe_dataset_name, or labels in both the training and the validation data) the k-NN accuracy of the frozen
     # embeddings, computed as run_evaluation.py does
     eval_dataset, eval_embedding_metrics = None, None
     if validation is not None:
-        eval_dataset = prepare_validation_dataset(
-            validation, transform, validation_image_column,
+        eval_dataset = prepare_validation_dataset(  # views made by the workers, seeded by index, on every path
+            validation, MultiCropTransform(views), validation_image_column,
             counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
         )
     elif training_args.do_eval:
@@ -302,6 +316,8 @@ def main() -> None:
         processing_class=image_processor,
         probe_num_labels=num_labels,
         eval_embedding_metrics=eval_embedding_metrics,
+        augment_on_device=augment_on_device,
+        device_views=DeviceMultiCrop(views) if augment_on_device else None,
     )
     if training_args.do_train:
         last_checkpoint = None

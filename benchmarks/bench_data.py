@@ -125,6 +125,10 @@ def _workers_cpu_seconds(iterator) -> float | None:
     return None if any(t is None for t in times) else sum(times)
 
 
+def _batch_size(batch: dict[str, torch.Tensor]) -> int:
+    return (batch["pixel_values"] if "pixel_values" in batch else batch["images"]).shape[0]
+
+
 def loader_throughput(dataset, num_workers: int, args: argparse.Namespace, seed: int) -> tuple[float, float | None]:
     """
     Images per second of a DataLoader over `args.num_batches` batches after the first batch of every worker, and
@@ -146,13 +150,15 @@ def loader_throughput(dataset, num_workers: int, args: argparse.Namespace, seed:
             next(iterator)
         cpu_start = _workers_cpu_seconds(iterator)
         start = time.perf_counter()
-        images = sum(next(iterator)["pixel_values"].shape[0] for _ in range(args.num_batches))
+        # views made in the workers (`pixel_values`), or uint8 images for views made on the device (`images`)
+        images = sum(_batch_size(next(iterator)) for _ in range(args.num_batches))
         elapsed = time.perf_counter() - start
         cpu_end = _workers_cpu_seconds(iterator)
         del iterator
     finally:
         torch.set_num_threads(threads)
-    cpu_rate = images / (cpu_end - cpu_start) if cpu_start is not None and cpu_end is not None else None
+    measured = cpu_start is not None and cpu_end is not None and cpu_end > cpu_start  # /proc counts 10 ms ticks
+    cpu_rate = images / (cpu_end - cpu_start) if measured else None
     return images / elapsed, cpu_rate
 
 

@@ -29,7 +29,12 @@ flash-attention kernel, so its count then lacks the attention term).
 Modes (`--modes`): `loop`, the tight loop above; `host-syncs`, the same with the two host syncs per step that
 `LeJepaTrainer` and `Trainer` make (finite-loss checks after the forward and the backward pass); `trainer`,
 `LeJepaTrainer` itself (bf16, fused AdamW, same clipping, cosine schedule, logging every 10 steps) on batches already
-on the GPU, so that the difference to `loop` is the trainer's own cost.
+on the GPU, so that the difference to `loop` is the trainer's own cost; `end-to-end`, the tight loop fed by the real
+data path: a folder of generated 1024 x 768 JPEGs (`--e2e-images`) -> `load_pretraining_dataset(train_dir=...)` ->
+`prepare_pretraining_dataset` with `DecodeResizeTransform` (reduced-size decode, resize once, uint8) ->
+`MultiCropCollator` in a `DataLoader` with `--loader-workers` persistent workers (pinned memory) -> the batch copied to
+the GPU -> `DeviceMultiCrop` (all views of the batch cut and augmented on the GPU) -> the same training step. Its
+images/s is also given as a fraction of the `loop` mode's (synthetic inputs) when both run.
 
 Usage (from the repository root; `benchmarks/gpu.sh` wraps it for the GPU machine):
 
@@ -66,7 +71,7 @@ import transformers  # noqa: E402
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining  # noqa: E402
 
-MODES = ("loop", "host-syncs", "trainer")
+MODES = ("loop", "host-syncs", "trainer", "end-to-end")
 DEFAULT_BATCH_SIZES = {"vit-base-patch16": 128, "vit-huge-patch14": 64, "vit-large-patch14": 96, "resnet-50": 128}
 # Dense bf16 tensor-core peaks (FLOP/s), matched against torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -253,6 +258,61 @@ def _time_trainer(model, args: argparse.Namespace, inputs, batch_size: int, devi
     return marks[first] - marks["begin"], marks[last] - marks[first], losses[-1] if losses else float("nan")
 
 
+class _EndToEndInputs:
+    """An endless iterator of `(global views, local views)` from the real data path with views made on the device."""
+
+    def __init__(self, config: LeJepaConfig, args: argparse.Namespace, batch_size: int, device: torch.device,
+                 num_batches: int):
+        from torch.utils.data import DataLoader, RandomSampler
+
+        from trainer import (
+            DecodeResizeTransform,
+            DeviceMultiCrop,
+            MultiCropCollator,
+            MultiCropConfig,
+            load_pretraining_dataset,
+            prepare_pretraining_dataset,
+            view_generator,
+        )
+
+        views = MultiCropConfig.from_lejepa_config(config)
+        dataset, image_column, _ = load_pretraining_dataset(train_dir=str(args.e2e_dir), cache_dir=str(args.e2e_cache))
+        dataset = prepare_pretraining_dataset(dataset, DecodeResizeTransform(views), image_column)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * num_batches)
+        workers = args.loader_workers
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+            collate_fn=MultiCropCollator(return_labels=False), persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.iterator = iter(self.loader)
+        self.views, self.view_generator, self.device, self.step = DeviceMultiCrop(views), view_generator, device, 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = next(self.iterator)
+        images = batch["images"].to(self.device, non_blocking=True)
+        sizes = batch["image_sizes"].to(self.device, non_blocking=True)
+        self.step += 1
+        output = self.views(images, sizes, self.view_generator(0, self.step))
+        return output["pixel_values"], output.get("local_pixel_values")
+
+
+def write_e2e_jpegs(folder: Path, count: int, width: int, height: int) -> None:
+    """`count` photo-like JPEGs (benchmarks/bench_data.py's generator), written by all CPU cores."""
+    import multiprocessing
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_data import write_jpegs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    processes = max(1, min(os.cpu_count() or 1, 16))
+    per_process = -(-count // processes)
+    jobs = [(folder / f"part{index}", min(per_process, count - index * per_process), width, height, 90, index)
+            for index in range(processes) if count - index * per_process > 0]
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        pool.starmap(write_jpegs, jobs)
+
+
 def _run_model_once(
     name: str, args: argparse.Namespace, device: torch.device, attn: str, peak: float | None, batch_size: int,
     mode: str,
@@ -273,6 +333,35 @@ def _run_model_once(
 
     if mode == "trainer":
         warmup_time, elapsed, last_loss = _time_trainer(model, args, inputs, batch_size, device)
+    elif mode == "end-to-end":
+        del inputs
+        feed = _EndToEndInputs(config, args, batch_size, device, args.warmup_steps + args.steps + 1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=device.type == "cuda")
+        forward = torch.compile(model) if args.compile else model
+
+        def e2e_step(step: int) -> torch.Tensor:
+            global_views, local_views = feed.next()
+            with _autocast(device):
+                outputs = forward(global_views, local_pixel_values=local_views, step=step)
+            outputs.loss.backward()
+            if args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return outputs.loss
+
+        warmup_start = time.perf_counter()
+        for step in range(args.warmup_steps):  # includes the workers' start-up and the first batches
+            e2e_step(step)
+        _synchronize(device)
+        warmup_time = time.perf_counter() - warmup_start
+        start = time.perf_counter()
+        for step in range(args.warmup_steps, args.warmup_steps + args.steps):
+            loss = e2e_step(step)
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        last_loss = loss.item()
+        del feed
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
         forward = torch.compile(model) if args.compile else model
@@ -446,6 +535,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, default=None,
                         help="Seconds: models not started by then are skipped (keeps the run under a timeout).")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--e2e-images", type=int, default=2048, help="end-to-end: JPEG files generated.")
+    parser.add_argument("--e2e-size", type=int, nargs=2, default=[1024, 768], metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--e2e-dir", type=str, default=None, help="end-to-end: an existing folder of images to use.")
+    parser.add_argument("--loader-workers", type=int, default=min(16, os.cpu_count() or 1),
+                        help="end-to-end: DataLoader workers.")
     parser.add_argument("--output", type=str, default=None, help="Write the results as JSON (and .md) here.")
     parser.add_argument("--quick", "--dry-run", dest="quick", action="store_true",
                         help="vit-tiny-test at 32/16 px, batch 4, 2 timed steps, 1 warm-up step (CPU or GPU).")
@@ -455,6 +549,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.models = ["vit-tiny-test"]
         args.steps = 2 if args.steps == parser.get_default("steps") else args.steps
         args.warmup_steps = 1 if args.warmup_steps == parser.get_default("warmup_steps") else args.warmup_steps
+        if args.e2e_images == parser.get_default("e2e_images"):
+            args.e2e_images, args.e2e_size = 16, [256, 192]
+        if args.loader_workers == parser.get_default("loader_workers"):
+            args.loader_workers = 1
     return args
 
 
@@ -476,6 +574,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{args.steps} timed steps", flush=True)
     print(MFU_FORMULA, flush=True)
 
+    temporary = None
+    if "end-to-end" in args.modes:
+        import tempfile
+
+        temporary = tempfile.TemporaryDirectory()
+        args.e2e_cache = Path(temporary.name) / "cache"
+        if args.e2e_dir is None:
+            args.e2e_dir = Path(temporary.name) / "jpegs"
+            generate_start = time.perf_counter()
+            write_e2e_jpegs(args.e2e_dir, args.e2e_images, *args.e2e_size)
+            print(f"end-to-end: wrote {args.e2e_images} JPEGs of {args.e2e_size[0]}x{args.e2e_size[1]} in "
+                  f"{time.perf_counter() - generate_start:.0f} s; {args.loader_workers} DataLoader workers",
+                  flush=True)
+
     results = []
     for name in args.models:
         for mode in args.modes:
@@ -493,6 +605,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 torch.cuda.empty_cache()
             print_result(result)
 
+    for result in results:  # end-to-end throughput as a fraction of the synthetic-input loop's, same model
+        if result.get("mode") == "end-to-end" and "error" not in result:
+            loop = next((r for r in results if r["model"] == result["model"] and r.get("mode") == "loop"
+                         and "error" not in r and r["batch_size"] == result["batch_size"]), None)
+            if loop is not None:
+                result["fraction_of_synthetic"] = result["images_per_s"] / loop["images_per_s"]
+                print(f"  {result['model']}: end-to-end {result['images_per_s']:.1f} images/s = "
+                      f"{100 * result['fraction_of_synthetic']:.1f}% of the synthetic-input loop "
+                      f"({loop['images_per_s']:.1f} images/s)", flush=True)
+    if temporary is not None:
+        temporary.cleanup()
     table = markdown_table(results)
     print()
     print(table)

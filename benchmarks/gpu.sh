@@ -2,7 +2,10 @@
 # LeJEPA GPU benchmark: ViT-B/16 and ViT-H/14 (and ResNet-50 with channels_last) training throughput and MFU.
 #
 # Run from the repository root:   bash benchmarks/gpu.sh [extra bench_gpu.py flags, e.g. --compile]
-# On a machine without a GPU:     bash benchmarks/gpu.sh --quick     (tiny model, 2 steps: checks the script)
+# End-to-end mode:                bash benchmarks/gpu.sh --end-to-end   (JPEG folder -> real loader with 16 workers ->
+#                                 views on the GPU -> ViT-B/16 step; images/s and the fraction of synthetic-input
+#                                 throughput; under 5 minutes)
+# On a machine without a GPU:     bash benchmarks/gpu.sh --quick [--end-to-end]  (tiny model, 2 steps: checks the script)
 #
 # Installs nothing and needs no network: torch (with CUDA) and the repository's requirements must be installed.
 # Finishes in under 8 minutes plus the FSDP check (6 launches of at most 2 minutes each, about 3 minutes in all):
@@ -37,6 +40,13 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {tor
       f"cuDNN {torch.backends.cudnn.version()}, GPU available: {torch.cuda.is_available()}, "
       f"flash_attn: {'yes' if importlib.util.find_spec('flash_attn') else 'no'}")
 EOF
+
+end_to_end=0
+args=()
+for arg in "$@"; do  # --end-to-end selects the mode; everything else goes to bench_gpu.py
+  if [[ "$arg" == "--end-to-end" ]]; then end_to_end=1; else args+=("$arg"); fi
+done
+set -- "${args[@]}"
 
 status=0
 run() {  # run <timeout seconds> <name> <bench_gpu.py arguments...>
@@ -103,7 +113,15 @@ PYEOF
   fi
 }
 
-if [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
+if [[ $end_to_end -eq 1 ]]; then
+  # The same ViT-B/16 step on synthetic views already on the GPU and fed by the real data path (2,048 generated
+  # 1024 x 768 JPEGs, DecodeResizeTransform in 16 persistent DataLoader workers, DeviceMultiCrop on the GPU).
+  if [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
+    run 180 end-to-end-quick --modes loop end-to-end --no-count-flops "$@"
+  else
+    run 290 end-to-end --models vit-base-patch16 --modes loop end-to-end --no-count-flops --steps 30 "$@"
+  fi
+elif [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
   run 120 quick --modes loop host-syncs trainer "$@"
 else
   # Worst case 270 + 80 + 100 s of `timeout`, plus a few seconds of start-up: under 8 minutes.

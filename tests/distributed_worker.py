@@ -1,6 +1,7 @@
 """Worker for tests/test_distributed.py, run by `accelerate launch` on 1 or 2 CPU processes (gloo).
 
 Usage: python distributed_worker.py {data,gradients,train,evaluate} OUTPUT_DIR [--batch_norm]
+Usage: python distributed_worker.py {data,gradients,train,device_views} OUTPUT_DIR [--batch_norm]
 Writes its findings as JSON / torch files into OUTPUT_DIR for the test to compare with a single-process reference.
 """
 
@@ -147,6 +148,35 @@ def check_evaluation(output_dir: str) -> None:
     if trainer.is_world_process_zero():
         with open(os.path.join(output_dir, "eval.json"), "w") as f:
             json.dump({"num_processes": trainer.accelerator.num_processes, **metrics}, f)
+def check_device_views(output_dir: str) -> None:
+    """The views `LeJepaTrainer` makes on the device (`augment_on_device`) from the first batch, on every process;
+    all images are the same, so any difference between processes comes from the views' random generator."""
+    import numpy as np
+    import PIL.Image
+
+    from trainer import DecodeResizeTransform, MultiCropCollator, MultiCropConfig, prepare_pretraining_dataset
+
+    rng = np.random.default_rng(0)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    dataset = Dataset.from_dict({"image": [image] * NUM_IMAGES}).cast_column("image", __import__("datasets").Image())
+    config = tiny_model(False).config
+    dataset = prepare_pretraining_dataset(dataset, DecodeResizeTransform(MultiCropConfig.from_lejepa_config(config)),
+                                          "image")
+    args = TrainingArguments(output_dir=output_dir, use_cpu=True, per_device_train_batch_size=4, report_to="none",
+                             remove_unused_columns=False, seed=3, save_strategy="no", dataloader_num_workers=0)
+    trainer = LeJepaTrainer(model=tiny_model(False), args=args, train_dataset=dataset, augment_on_device=True,
+                            data_collator=MultiCropCollator(return_labels=False))
+    batch = next(iter(trainer.get_train_dataloader()))
+    views = trainer._prepare_inputs(batch)
+    rank = trainer.accelerator.process_index
+    torch.save(
+        {
+            "num_processes": trainer.accelerator.num_processes, "process_index": rank, "seed": args.seed,
+            "images": batch["images"].cpu(), "image_sizes": batch["image_sizes"].cpu(),
+            "pixel_values": views["pixel_values"].cpu(), "local_pixel_values": views["local_pixel_values"].cpu(),
+        },
+        os.path.join(output_dir, f"views_rank{rank}.pt"),
+    )
 
 
 if __name__ == "__main__":
@@ -158,5 +188,7 @@ if __name__ == "__main__":
         check_gradients(output_dir)
     elif mode == "evaluate":
         check_evaluation(output_dir)
+    elif mode == "device_views":
+        check_device_views(output_dir)
     else:
         check_training(output_dir, batch_norm="--batch_norm" in sys.argv)

@@ -74,3 +74,23 @@ def test_loss_study_quick(tmp_path):
     # a second call reuses the finished runs (results.jsonl) instead of training again
     again = study.main(["--quick", "--output", str(tmp_path / "again"), "--work_dir", str(tmp_path / "runs")])
     assert again["runs"] == result["runs"]
+def test_bench_device_views_quick(capsys):
+    bench = load("bench_device_views")
+    result = bench.main(["--quick", "--sections", "decode", "loader", "augment"])
+    assert len(result["decode"]) == 3 and all(ms > 0 for ms in result["decode"].values())
+    assert result["loader"]["cpu_ratio"] > 1  # views made in the worker cost more CPU than decoding alone
+    assert result["augment"]["cpu_ms_1"] > 0
+    assert "CPU per image, CPU path / device path" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_gpu_sh_end_to_end_dry_run(tmp_path):
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--quick", "--end-to-end", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "of the synthetic-input loop" in result.stdout and "done (status 0)" in result.stdout
+    assert (tmp_path / "gpu_bench_end-to-end-quick.json").exists()

@@ -1,6 +1,6 @@
 """LeJEPA pretraining with `transformers.Trainer`: the trainer, multi-crop views and data loading."""
 
-from .arguments import LeJepaTrainingArguments
+from .arguments import LeJepaTrainingArguments, resolve_augment_on_device
 from .callbacks import (
     GracefulShutdownCallback,
     StreamStateCallback,
@@ -9,6 +9,7 @@ from .callbacks import (
 )
 from .data import (
     BadSampleCounter,
+    DecodeResizeTransform,
     ImageDecodeError,
     MultiCropCollator,
     MultiCropConfig,
@@ -23,11 +24,14 @@ from .data import (
     split_validation_dataset,
     take_validation_examples,
 )
+from .device_views import DeviceMultiCrop, view_generator
 from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
     "EVAL_SIGREG_SEED",
     "BadSampleCounter",
+    "DecodeResizeTransform",
+    "DeviceMultiCrop",
     "GracefulShutdownCallback",
     "ImageDecodeError",
     "LeJepaTrainer",
@@ -48,4 +52,6 @@ __all__ = [
     "sample_examples",
     "split_validation_dataset",
     "take_validation_examples",
+    "resolve_augment_on_device",
+    "view_generator",
 ]

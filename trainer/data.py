@@ -194,7 +194,9 @@ def _read_bytes(path: str) -> bytes:
         return file.read()
 
 
-def decode_image(value: Any, max_image_pixels: int | None = None) -> PIL.Image.Image:
+def decode_image(
+    value: Any, max_image_pixels: int | None = None, min_pixels: int | None = None
+) -> PIL.Image.Image:
     """
     Decodes one image, fully (so that truncated files fail here and not later), applying its EXIF orientation.
 
@@ -211,6 +213,10 @@ def decode_image(value: Any, max_image_pixels: int | None = None) -> PIL.Image.I
             Images with more pixels are rejected as decompression bombs before their pixels are decoded. Defaults
             to `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million) read at call time; `PIL` itself also refuses images
             above twice its own limit, so raise `PIL.Image.MAX_IMAGE_PIXELS` too to accept larger ones.
+        min_pixels (`int`, *optional*):
+            When set, a JPEG is decoded at the smallest of libjpeg's reduced scales (1/2, 1/4, 1/8, through PIL's
+            `Image.draft`) that keeps at least this many pixels (and its aspect ratio), which is several times faster
+            than a full decode; other formats are decoded fully. Images with fewer pixels are decoded fully.
 
     Returns:
         `PIL.Image.Image`: the decoded image, in its own mode.
@@ -261,6 +267,9 @@ def decode_image(value: Any, max_image_pixels: int | None = None) -> PIL.Image.I
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(io.BytesIO(data))
             _check_size(image.size, max_image_pixels, where)
+            if min_pixels is not None and image.format == "JPEG" and image.width * image.height > min_pixels:
+                factor = math.sqrt(min_pixels / (image.width * image.height))
+                image.draft(image.mode, (math.ceil(image.width * factor), math.ceil(image.height * factor)))
             image.load()
     except ImageDecodeError:
         raise
@@ -595,6 +604,86 @@ class MultiCropTransform:
         return f"{type(self).__name__}({self.config})"
 
 
+class DecodeResizeTransform:
+    """
+    The DataLoader workers' part of `augment_on_device`: one image, resized once to a bounded size, as `uint8`. The
+    views are then cut and augmented on the training device (`trainer.device_views.DeviceMultiCrop`).
+
+    The size keeps enough pixels for the largest view: with `target_pixels = max(S^2 / min_scale)` over the global and
+    local views (`S` the view side, `min_scale` the smallest crop area fraction; 184,320 pixels for 2 x 224 px at
+    scale 0.3 and 6 x 96 px at 0.05), the smallest crop still has about `S x S` pixels. `MultiCropBatchTransform`
+    decodes JPEGs at reduced size down to `target_pixels` (`decode_image(min_pixels=...)`, libjpeg's DCT scaling);
+    an image left with more than `2 * target_pixels` pixels, or a long side above `4 * sqrt(target_pixels)`, is then
+    resized (bilinear, antialiased) down to `target_pixels`, keeping its aspect ratio. Smaller images are never
+    upsampled. Crops are then drawn from each image's whole extent, as on the CPU path.
+
+    Args:
+        config (`MultiCropConfig`, *optional*): the view settings (`MultiCropConfig()` by default); only the sizes,
+            crop scales and `background_color` are used here.
+        target_pixels (`int`, *optional*): overrides the pixel target above.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from trainer.data import DecodeResizeTransform, MultiCropConfig
+
+    >>> transform = DecodeResizeTransform(MultiCropConfig())
+    >>> transform.target_pixels
+    184320
+    >>> transform(PIL.Image.new("RGB", (1024, 768)))["images"].shape  # 1024 x 768 reduced to ~184k pixels
+    torch.Size([3, 372, 496])
+    ```
+    """
+
+    output_key = "images"
+
+    def __init__(self, config: MultiCropConfig | None = None, target_pixels: int | None = None):
+        self.config = config if config is not None else MultiCropConfig()
+        c = self.config
+        if target_pixels is None:
+            needed = [c.global_image_size**2 / c.global_crop_scale[0]]
+            if c.num_local_views > 0:
+                needed.append(c.local_image_size**2 / c.local_crop_scale[0])
+            target_pixels = math.ceil(max(needed))
+        if target_pixels < 1:
+            raise ValueError(f"`target_pixels` must be positive, got {target_pixels}.")
+        self.target_pixels = int(target_pixels)
+        self.max_side = math.ceil(4 * math.sqrt(self.target_pixels))
+
+    @property
+    def min_pixels(self) -> int:
+        """What `MultiCropBatchTransform` passes to `decode_image(min_pixels=...)` for reduced-size JPEG decoding."""
+        return self.target_pixels
+
+    @classmethod
+    def from_lejepa_config(cls, config: Any, image_processor: Any = None, **overrides) -> DecodeResizeTransform:
+        """`DecodeResizeTransform(MultiCropConfig.from_lejepa_config(config, image_processor, **overrides))`."""
+        return cls(MultiCropConfig.from_lejepa_config(config, image_processor, **overrides))
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The `(width, height)` an image of this size is resized to (itself when it is small enough)."""
+        pixels = width * height
+        if pixels <= 2 * self.target_pixels and max(width, height) <= self.max_side:
+            return width, height
+        factor = min(math.sqrt(self.target_pixels / pixels), self.max_side / max(width, height))
+        return max(1, round(width * factor)), max(1, round(height * factor))
+
+    def __call__(self, image: PIL.Image.Image | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Returns:
+            `dict[str, torch.Tensor]`: `"images"`, `uint8` of shape `(3, h, w)`.
+        """
+        image = to_rgb_image(image, self.config.background_color)
+        size = self.output_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, PIL.Image.Resampling.BILINEAR)
+        return {self.output_key: tv_functional.pil_to_tensor(image)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target_pixels={self.target_pixels})"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad sample accounting, batch transform for `datasets`, collator
 # ----------------------------------------------------------------------------------------------------------------
@@ -675,7 +764,9 @@ class MultiCropBatchTransform:
     """
     The per-batch function for `datasets.Dataset.with_transform` and `datasets.IterableDataset.map(batched=True)`:
     decodes the image column itself (the column must be cast to `datasets.Image(decode=False)`, which
-    `prepare_pretraining_dataset` does), applies a `MultiCropTransform`, and passes labels through.
+    `prepare_pretraining_dataset` does), applies a `MultiCropTransform`, and passes labels through. With a
+    `DecodeResizeTransform` (views made on the device), JPEGs are decoded at reduced size (its `min_pixels`) and each
+    row carries one `uint8` image under `"images"` instead of views.
 
     A sample whose image fails to decode (see `decode_image`) is counted by `counter`; with `drop_bad_samples` it is
     left out of the output (streams: the batch just gets shorter), otherwise its `pixel_values` is `None`, so that
@@ -716,6 +807,9 @@ class MultiCropBatchTransform:
         self.report_skipped = report_skipped
         self._unreported = 0  # bad rows dropped since the last good row, not yet reported
         self.background_color = getattr(getattr(transform, "config", None), "background_color", (255, 255, 255))
+        # `DecodeResizeTransform`: reduced-size JPEG decoding, and the key of its output
+        self.min_pixels = getattr(transform, "min_pixels", None)
+        self.output_key = getattr(transform, "output_key", "pixel_values")
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """
@@ -738,7 +832,8 @@ class MultiCropBatchTransform:
         row_skipped = []
         for index, value in enumerate(images):
             try:
-                image = to_rgb_image(decode_image(value, self.max_image_pixels), self.background_color)
+                image = decode_image(value, self.max_image_pixels, min_pixels=self.min_pixels)
+                image = to_rgb_image(image, self.background_color)
                 views = self.transform(image)
             except ImageDecodeError as error:
                 self.counter.record_bad(error)
@@ -755,7 +850,7 @@ class MultiCropBatchTransform:
         self.counter.record_good(sum(row is not None for row in rows))
         self.counter.check()
         first = next((row for row in rows if row is not None), {})
-        keys = ["pixel_values"] + [key for key in first if key != "pixel_values"]
+        keys = [self.output_key] + [key for key in first if key != self.output_key]
         output = {key: [None if row is None else row[key] for row in rows] for key in keys}
         if labels is not None:
             output["labels"] = row_labels
@@ -775,9 +870,14 @@ class MultiCropCollator:
     set. Each view is
     copied once, by a single `torch.stack` per key.
 
-    Examples that are `None` or whose `pixel_values` is `None` (failed decodes) are dropped, so a batch may be
-    smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep their own
-    copies).
+    Examples from `DecodeResizeTransform` (`augment_on_device`) carry one `uint8` image `"images"` `(3, h, w)` each
+    instead of views: they are copied once into a canvas `images` `(B, 3, H_max, W_max)` (`uint8`, the images at the
+    top left; each image's last row and column are repeated once into the padding, so that bilinear crops touching
+    its border see its own edge) with their true sizes in `image_sizes` `(B, 2)` (height, width).
+
+    Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a
+    batch may be smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep
+    their own copies).
 
     Args:
         return_labels (`bool`, defaults to `True`):
@@ -804,8 +904,30 @@ class MultiCropCollator:
         storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
         return torch.stack(tensors, out=first.new(storage).resize_(len(tensors), *first.shape))
 
+    def _pad(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The `uint8` images `(3, h, w)` in one canvas `(B, 3, H_max, W_max)` (in shared memory inside workers) and
+        their sizes `(B, 2)`."""
+        sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.long)
+        height, width = (int(value) for value in sizes.max(dim=0).values)
+        shape = (len(images), 3, height, width)
+        if self.shared_memory and get_worker_info() is not None:
+            storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
+            canvas = images[0].new(storage).resize_(*shape)
+        else:
+            canvas = images[0].new_empty(shape)
+        if bool((sizes != sizes[0]).any()):
+            canvas.zero_()  # the padding beyond the repeated row and column is never sampled, but keep it defined
+        for slot, image in zip(canvas, images):
+            h, w = image.shape[-2:]
+            slot[:, :h, :w] = image
+            if w < width:  # repeat the last column, then the last row (with its corner), once
+                slot[:, :h, w] = image[:, :, w - 1]
+            if h < height:
+                slot[:, h, : min(w + 1, width)] = slot[:, h - 1, : min(w + 1, width)]
+        return {"images": canvas, "image_sizes": sizes}
+
     def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        kept = [example for example in examples if example is not None and example.get("pixel_values") is not None]
+        kept = [example for example in examples if example is not None and _has_pixel_values(example)]
         num_skipped = len(examples) - len(kept) + sum(int(example.get("num_skipped") or 0) for example in kept)
         self.num_skipped += num_skipped
         if not kept:
@@ -813,7 +935,10 @@ class MultiCropCollator:
                 f"Every example of this batch ({len(examples)}) failed to decode, so there is nothing to train on. "
                 "Check the image column (`--image_column_name`) and the logged decode errors."
             )
-        batch = {"pixel_values": self._stack([example["pixel_values"] for example in kept])}
+        if kept[0].get("images") is not None:
+            batch = self._pad([example["images"] for example in kept])
+        else:
+            batch = {"pixel_values": self._stack([example["pixel_values"] for example in kept])}
         # travels with the batch out of the DataLoader worker, so that the trainer can log it
         batch["num_skipped"] = torch.tensor(num_skipped)
         if kept[0].get("local_pixel_values") is not None:
@@ -1114,7 +1239,7 @@ def prepare_pretraining_dataset(
 
 
 def _has_pixel_values(example: dict[str, Any]) -> bool:
-    return example["pixel_values"] is not None
+    return example.get("pixel_values") is not None or example.get("images") is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1323,6 +1448,7 @@ def sample_examples(dataset: datasets.Dataset, num_examples: int | None) -> data
 __all__ = [
     "BadSampleCounter",
     "FixedViewBatchTransform",
+    "DecodeResizeTransform",
     "ImageDecodeError",
     "MultiCropBatchTransform",
     "MultiCropCollator",

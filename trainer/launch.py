@@ -148,7 +148,7 @@ def effective_launch(trainer: Trainer, num_sharded_units: int | None = None) -> 
             attention = "timm's own"
     else:
         attention = backbone_config._attn_implementation or "eager"
-    if getattr(args, "augment_on_device", None):
+    if getattr(trainer, "augment_on_device", getattr(args, "augment_on_device", None)):  # as resolved by the trainer
         views = "on the device"
     elif args.dataloader_num_workers > 0:
         views = f"CPU workers ({args.dataloader_num_workers} DataLoader workers per process)"

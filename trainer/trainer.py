@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, PushInProgress, logging
 
-from .arguments import check_nonfinite_policy, lejepa_option
+from .arguments import check_nonfinite_policy, lejepa_option, resolve_augment_on_device
 from .callbacks import (
     _CHECKPOINT_RE,
     GracefulShutdownCallback,
@@ -30,7 +31,9 @@ from .callbacks import (
     is_complete_checkpoint,
     read_stream_states,
 )
+from .device_views import DeviceMultiCrop, view_generator
 from .launch import LaunchCheckCallback, freeze_unused_parameters, plain_model_for_saving
+from .throughput import TrainingFlops, peak_flops
 
 logger = logging.get_logger(__name__)
 
@@ -87,6 +90,13 @@ class LeJepaTrainer(Trainer):
     float32 rounding) and at every evaluation, so `metric_for_best_model="eval_loss"` selects checkpoints without
     labels. With `eval_embedding_metrics`, its metrics (e.g. `knn_accuracy`) are logged beside them.
 
+    With `augment_on_device` (an option read as those above; on by default on accelerators, and on CPUs for small
+    views), batches from `MultiCropCollator` carry `uint8` `images` and their `image_sizes` instead of views;
+    `_prepare_inputs` moves them to the device and makes the views there (`DeviceMultiCrop`, with a generator seeded
+    from the seed, the global step and the process index). Training logs also carry `images_per_second` (all
+    processes, over the logging window) and, on a GPU whose peak is known, `mfu` (model FLOPs of every view at its own
+    resolution, 3 x forward, over the dense bf16 peak).
+
     Args:
         probe_num_labels (`int`, *optional*):
             When set and batches carry `labels`, an online linear probe (LayerNorm + Linear on the detached embedding
@@ -95,6 +105,9 @@ class LeJepaTrainer(Trainer):
         eval_embedding_metrics (`Callable`, *optional*):
             Called at each evaluation with the unwrapped model (on every process) and returning a `dict` of metrics
             of its frozen embeddings, such as `{"knn_accuracy": 0.9}`, logged with the `eval_` prefix.
+        device_views (`DeviceMultiCrop`, *optional*):
+            The on-device augmentation used with `augment_on_device`; by default built from the model's config and
+            the `processing_class`'s mean and std (`DeviceMultiCrop.from_lejepa_config`).
         kwargs: passed to [`~transformers.Trainer`].
     """
 
@@ -107,6 +120,8 @@ class LeJepaTrainer(Trainer):
         collapse_std_threshold: float | None = None,
         save_on_sigterm: bool | None = None,
         eval_embedding_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+        augment_on_device: bool | None = None,
+        device_views: DeviceMultiCrop | None = None,
         **kwargs,
     ):
         if on_nonfinite_loss is not None:
@@ -127,6 +142,17 @@ class LeJepaTrainer(Trainer):
         save_on_sigterm = lejepa_option(self.args, "save_on_sigterm", save_on_sigterm)
         self.nonfinite_steps = 0
         self.eval_embedding_metrics = eval_embedding_metrics
+        self.augment_on_device = resolve_augment_on_device(
+            self.args, augment_on_device, getattr(self.model.config, "global_image_size", None)
+        )
+        self.device_views: DeviceMultiCrop | None = None
+        if self.augment_on_device:
+            self.device_views = device_views or DeviceMultiCrop.from_lejepa_config(
+                self.model.config, self.processing_class
+            )
+        self._view_step, self._view_micro_step = -1, 0  # seeds of the device views' generator
+        self._training_flops = TrainingFlops(self.model.config)
+        self._window_start, self._window_images, self._window_flops = time.perf_counter(), 0, 0.0
         self.probe: nn.Module | None = None
         if probe_num_labels and lejepa_option(self.args, "online_probe"):
             size = self.model.lejepa.embedding_size
@@ -202,6 +228,7 @@ class LeJepaTrainer(Trainer):
             else:
                 self.stream_state_callback.load_pending(states[self.args.process_index])
                 self.args.ignore_data_skip = True  # the saved position replaces Trainer's skipping of seen batches
+        self._window_start, self._window_images, self._window_flops = time.perf_counter(), 0, 0.0
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
@@ -292,6 +319,59 @@ class LeJepaTrainer(Trainer):
             skip = self.accelerator.reduce(flag, "sum").item() > 0  # every process skips the same steps
         return skip
 
+    # ---------------------------------------------------------------------------------------- views on the device
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Trainer's device placement; then, for batches of `uint8` `images` (`augment_on_device`), the multi-crop
+        views made on the device, so that `compute_loss` gets `pixel_values` and `local_pixel_values` as always."""
+        inputs = super()._prepare_inputs(inputs)
+        if "images" not in inputs:
+            return inputs
+        if self.device_views is None:
+            raise ValueError(
+                "The batch holds uint8 `images` for views made on the device (DecodeResizeTransform), but "
+                "`augment_on_device` is off: pass `--augment_on_device` (`LeJepaTrainer(augment_on_device=True)`), or "
+                "give the dataset a `MultiCropTransform` to make the views in the DataLoader workers."
+            )
+        inputs = dict(inputs)
+        images, image_sizes = inputs.pop("images"), inputs.pop("image_sizes")
+        step = self.state.global_step
+        if self.model.training:  # micro-batches of one step (gradient accumulation) draw different views
+            self._view_micro_step = self._view_micro_step + 1 if step == self._view_step else 0
+            self._view_step = step
+            micro_step = self._view_micro_step
+        else:  # evaluation: its own stream, leaving the training views of this step as they would be without it
+            micro_step = 2**32
+        generator = view_generator(self.args.seed, step, self.args.process_index, micro_step)
+        inputs.update(self.device_views(images, image_sizes, generator))
+        return inputs
+
+    def _view_shapes(self, inputs: dict[str, Any]) -> tuple[int, list[tuple[int, ...]]] | None:
+        """Images and `(V, C, H, W)` of each resolution's views, from a batch of views or of `uint8` images."""
+        if "pixel_values" in inputs:
+            shapes = [tuple(inputs["pixel_values"].shape[1:])]
+            if inputs.get("local_pixel_values") is not None:
+                shapes.append(tuple(inputs["local_pixel_values"].shape[1:]))
+            return inputs["pixel_values"].shape[0], shapes
+        if "images" in inputs and self.device_views is not None:
+            c = self.device_views.config
+            shapes = [(c.num_global_views, 3, c.global_image_size, c.global_image_size)]
+            if c.num_local_views > 0:
+                shapes.append((c.num_local_views, 3, c.local_image_size, c.local_image_size))
+            return inputs["images"].shape[0], shapes
+        return None
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """
+        Training FLOPs of a batch (3 x forward) with every view at its own resolution: backbone and projector counted
+        once per view shape on the meta device (`trainer.throughput.TrainingFlops`), plus SIGReg's projections.
+        Falls back to Trainer's count for models that cannot be counted that way.
+        """
+        shapes = self._view_shapes(inputs)
+        per_image = self._training_flops.per_image(shapes[1]) if shapes is not None else None
+        if per_image is None:
+            return super().floating_point_ops(inputs)
+        return int(per_image * shapes[0])
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -311,6 +391,10 @@ class LeJepaTrainer(Trainer):
             step=torch.tensor(self.state.global_step),  # a tensor: no recompilation per step under torch.compile
         )
         loss = outputs.loss
+        if model.training:  # images/s and MFU of the logging window
+            batch_size, shapes = self._view_shapes(inputs)
+            self._window_images += batch_size
+            self._window_flops += (self._training_flops.per_image(shapes) or 0.0) * batch_size
         if not torch.isfinite(loss):  # the one host sync of the step (Trainer checks its loss for NaN too)
             if saved_buffers is not None:
                 with torch.no_grad():
@@ -482,6 +566,7 @@ class LeJepaTrainer(Trainer):
                 logs["skipped_images"] = int(skipped.item())
             if self.nonfinite_steps:
                 logs["nonfinite_steps"] = self.nonfinite_steps
+            self._log_throughput(logs)
             std = logs.get("embedding_std")
             if std is not None and std < self.collapse_std_threshold:
                 logger.warning(
@@ -492,6 +577,21 @@ class LeJepaTrainer(Trainer):
             self._window = {name: 0.0 for name in _METRICS}
             self._window_counts = {name: 0 for name in _METRICS}
         super().log(logs, start_time)
+
+    def _log_throughput(self, logs: dict[str, float]) -> None:
+        """`images_per_second` of all processes since the last log and, on a GPU of known peak, `mfu`."""
+        now = time.perf_counter()
+        elapsed, self._window_start = now - self._window_start, now
+        totals = torch.tensor([self._window_images, self._window_flops], dtype=torch.float64, device=self.args.device)
+        self._window_images, self._window_flops = 0, 0.0
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, "sum")
+        images, flops = totals.tolist()
+        if elapsed > 0 and images > 0:
+            logs["images_per_second"] = round(images / elapsed, 2)
+            peak = peak_flops(self.args.device)
+            if peak is not None and flops > 0:
+                logs["mfu"] = round(flops / elapsed / (peak * self.accelerator.num_processes), 4)
 
     # ----------------------------------------------------------------------------------------------------- the Hub
     def create_model_card(
