@@ -99,7 +99,7 @@ def test_single_process_summary_and_errors_for_what_it_does_not_give(tmp_path):
     dataset = Dataset.from_dict({"index": list(range(4))}).with_transform(lambda batch: {"index": batch["index"]})
     config = LeJepaConfig.from_preset("vit-tiny-test", num_local_views=2, **TINY)
     trainer = LeJepaTrainer(
-        model=LeJepaForPreTraining(config), args=args, train_dataset=dataset,
+        model=LeJepaForPreTraining(config), args=args, train_dataset=dataset, augment_on_device=False,
         data_collator=lambda examples: {k: v for k, v in collate([fixed_views(e["index"]) for e in examples]).items()
                                         if k != "index"},
     )
@@ -147,7 +147,8 @@ def test_ddp_launch_logs_what_is_in_effect_and_skips_the_unused_parameter_search
     result = accelerate_launch(DDP_CPU, [*run_pretraining_args(tmp_path / "out"), "--use_cpu"], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made by CPU"
+    # digits at 32 px: the views are made on the device by default, also on CPUs
+    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made on the device"
     assert output.count(line) == 1, output[-3000:]  # once, on the main process
     assert UNUSED_WARNING not in output
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())

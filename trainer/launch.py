@@ -151,9 +151,9 @@ def effective_launch(trainer: Trainer, num_sharded_units: int | None = None) -> 
     if getattr(trainer, "augment_on_device", getattr(args, "augment_on_device", None)):  # as resolved by the trainer
         views = "on the device"
     elif args.dataloader_num_workers > 0:
-        views = f"CPU workers ({args.dataloader_num_workers} DataLoader workers per process)"
+        views = f"by CPU workers ({args.dataloader_num_workers} DataLoader workers per process)"
     else:
-        views = "CPU (in the main process)"
+        views = "by the CPU (in the main process)"
     return {
         "distributed": distributed,
         "processes": num_processes,
@@ -171,7 +171,7 @@ def describe_launch(effective: dict[str, str | int]) -> str:
     nodes = f"{effective['nodes']} node{'s' if effective['nodes'] != 1 else ''}"
     return (
         f"{effective['distributed']}, {processes} on {nodes}, backend {effective['backend']}, "
-        f"{effective['mixed_precision']}, attention {effective['attention']}, views made by {effective['views']}"
+        f"{effective['mixed_precision']}, attention {effective['attention']}, views made {effective['views']}"
     )
 
 
