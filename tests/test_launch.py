@@ -105,7 +105,7 @@ def test_single_process_summary_and_errors_for_what_it_does_not_give(tmp_path):
     )
     trainer.train()
     assert trainer.launch_summary == (
-        "single process, 1 process on 1 node, backend none, fp32, attention sdpa, views made by CPU (in the main "
+        "single process, 1 process on 1 node, backend none, fp32, attention sdpa, views made by the CPU (in the main "
         "process)"
     )
     with pytest.raises(LaunchConfigurationError, match=r"asked for FSDP \(`--fsdp full_shard`\), but the model"):
