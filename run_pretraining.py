@@ -203,9 +203,8 @@ def main() -> None:
         image_processor = default_image_processor(config.global_image_size)
 
     # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted. With
-    #    --augment_on_device (the default on accelerators, and on CPUs for small views) the workers only decode and
-    #    resize each image once, and the trainer cuts and augments the views on the device; otherwise the workers
-    #    make the views.
+    #    --augment_on_device (the default on accelerators) the workers only decode and resize each image once, and
+    #    the trainer cuts and augments the views on the device; otherwise the workers make the views.
     validation, validation_image_column, validation_label_column = None, None, None
     if builtin_digits:
         digits = load_digits_dataset(image_size=data_args.digits_image_size, seed=training_args.seed)

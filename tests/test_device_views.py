@@ -272,11 +272,8 @@ def test_bad_images_are_skipped_and_counted_on_this_path(tmp_path):
 # -------------------------------------------------------------------------------------------------- trainer
 def test_option_resolution_and_error_when_off(tmp_path):
     args = LeJepaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    # auto on a CPU: on for small views (faster there, BENCHMARKS.md), off for the default 224 px ones
-    assert resolve_augment_on_device(args) is False
-    assert resolve_augment_on_device(args, global_image_size=224) is False
-    assert resolve_augment_on_device(args, global_image_size=32) is True
-    assert resolve_augment_on_device(args, False, global_image_size=32) is False
+    assert resolve_augment_on_device(args) is False  # auto: off on a CPU
+    assert resolve_augment_on_device(args, global_image_size=32) is False
     assert resolve_augment_on_device(args, True) is True
     args.augment_on_device = True
     assert resolve_augment_on_device(args) is True

@@ -8,11 +8,6 @@ from typing import Any
 from transformers import TrainingArguments
 
 NONFINITE_LOSS_POLICIES = ("raise", "skip")
-# On a CPU, views made in one batched pass in the training process beat views made in DataLoader workers for small
-# views (global views up to this side: 2.2x less wall time per step and 1.7x less CPU for 2 x 32 + 4 x 16 views,
-# BENCHMARKS.md, "Views on the device"), but not for large ones (the batched pass costs more CPU per image than the
-# workers' per-image torchvision views at 2 x 224 + 6 x 96, and runs in series with the model).
-CPU_DEVICE_VIEWS_MAX_SIZE = 64
 
 
 @dataclass
@@ -40,8 +35,7 @@ class LeJepaTrainingArguments(TrainingArguments):
         augment_on_device (`bool`, *optional*):
             Make the multi-crop views on the training device (`trainer.device_views.DeviceMultiCrop`): DataLoader
             workers then only decode and resize each image once (`DecodeResizeTransform`) and hand over `uint8`.
-            `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and, on a CPU, on for
-            small views (global views of at most 64 px, e.g. the built-in digits run) and off for larger ones.
+            `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and off on a CPU.
     """
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
@@ -100,7 +94,7 @@ class LeJepaTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Cut and augment the views on the training device in one batched pass (workers only decode and "
-            "resize). Default: on when training on an accelerator; on a CPU, on for global views of at most 64 px."
+            "resize). Default: on when training on an accelerator, off on a CPU."
         },
     )
 
@@ -117,15 +111,14 @@ def check_nonfinite_policy(policy: str) -> None:
 def resolve_augment_on_device(
     args: TrainingArguments, value: bool | None = None, global_image_size: int | None = None
 ) -> bool:
-    """Whether the views are made on the device: `value` if given, else `args.augment_on_device` when set, else on
-    an accelerator (anything but the CPU), and on a CPU when `global_image_size` is at most
-    `CPU_DEVICE_VIEWS_MAX_SIZE` (64 px)."""
+    """Whether the views are made on the device: `value` if given, else `args.augment_on_device` when set, else
+    whether `args.device` is an accelerator (anything but the CPU). `global_image_size` is accepted for a size-based
+    CPU default: faster for small views on 2 CPU cores (BENCHMARKS.md, "Views on the device"), not adopted until the
+    built-in run's 800-step accuracy is compared on both paths."""
     value = lejepa_option(args, "augment_on_device", value)
     if value is not None:
         return bool(value)
-    if args.device.type != "cpu":
-        return True
-    return global_image_size is not None and global_image_size <= CPU_DEVICE_VIEWS_MAX_SIZE
+    return args.device.type != "cpu"
 
 
 def lejepa_option(args: TrainingArguments, name: str, value: Any = None) -> Any:

@@ -90,12 +90,12 @@ class LeJepaTrainer(Trainer):
     float32 rounding) and at every evaluation, so `metric_for_best_model="eval_loss"` selects checkpoints without
     labels. With `eval_embedding_metrics`, its metrics (e.g. `knn_accuracy`) are logged beside them.
 
-    With `augment_on_device` (an option read as those above; on by default on accelerators, and on CPUs for small
-    views), batches from `MultiCropCollator` carry `uint8` `images` and their `image_sizes` instead of views;
-    `_prepare_inputs` moves them to the device and makes the views there (`DeviceMultiCrop`, with a generator seeded
-    from the seed, the global step and the process index). Training logs also carry `images_per_second` (all
-    processes, over the logging window) and, on a GPU whose peak is known, `mfu` (model FLOPs of every view at its own
-    resolution, 3 x forward, over the dense bf16 peak).
+    With `augment_on_device` (an option read as those above; on by default on accelerators, off on CPUs), batches from
+    `MultiCropCollator` carry `uint8` `images` and their `image_sizes` instead of views; `_prepare_inputs` moves them
+    to the device and makes the views there (`DeviceMultiCrop`, with a generator seeded from the seed, the global step
+    and the process index). Training logs also carry `images_per_second` (all processes, over the logging window) and,
+    on a GPU whose peak is known, `mfu` (model FLOPs of every view at its own resolution, 3 x forward, over the dense
+    bf16 peak).
 
     Args:
         probe_num_labels (`int`, *optional*):
