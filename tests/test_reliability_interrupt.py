@@ -97,12 +97,20 @@ def run_to_end(command: list[str]) -> Run:
     return run
 
 
+# Logged measurements of speed, which differ between any two runs
+TIMING_KEYS = ("images_per_second", "mfu")
+
+
 def load_checkpoint(folder: Path) -> dict:
     return {
         "model": safetensors.torch.load_file(folder / "model.safetensors"),
         "optimizer": torch.load(folder / "optimizer.pt", weights_only=True),
         "scheduler": torch.load(folder / "scheduler.pt", weights_only=True),
-        "log": [e for e in json.loads((folder / "trainer_state.json").read_text())["log_history"] if "loss" in e],
+        "log": [
+            {key: value for key, value in e.items() if key not in TIMING_KEYS}
+            for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]
+            if "loss" in e
+        ],
     }
 
 
