@@ -8,6 +8,7 @@ from .callbacks import (
     is_complete_checkpoint,
 )
 from .data import (
+    BUILTIN_DATASETS,
     BadSampleCounter,
     ImageDecodeError,
     MultiCropCollator,
@@ -15,13 +16,16 @@ from .data import (
     MultiCropTransform,
     check_num_shards,
     decode_image,
+    load_builtin_dataset,
     load_digits_dataset,
+    load_photos_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
 )
 from .trainer import LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "BadSampleCounter",
     "GracefulShutdownCallback",
     "ImageDecodeError",
@@ -36,7 +40,9 @@ __all__ = [
     "decode_image",
     "get_last_complete_checkpoint",
     "is_complete_checkpoint",
+    "load_builtin_dataset",
     "load_digits_dataset",
+    "load_photos_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
 ]
