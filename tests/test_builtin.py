@@ -217,3 +217,15 @@ def test_default_first_command_prints_three_rows(tmp_path):
     assert all("k-NN 0." in row and "linear probe 0." in row for row in rows)
     card = (tmp_path / "photos" / "README.md").read_text()
     assert "| raw pixels (input resolution) |" in card and "| random init, same architecture |" in card
+
+
+def test_covariance_eigenvalues_with_fewer_samples_than_dimensions():
+    """The Gram-matrix path (N < D, as for raw pixels) gives the eigenvalues of the D x D covariance."""
+    from model_cards.plots import covariance_eigenvalues
+
+    x = np.random.default_rng(0).normal(size=(12, 40)) * np.linspace(0.1, 3.0, 40)
+    centred = x - x.mean(axis=0)
+    reference = np.sort(np.linalg.eigvalsh(centred.T @ centred / 11))[::-1]
+    eigenvalues = covariance_eigenvalues(x)
+    assert eigenvalues.shape == (40,)
+    np.testing.assert_allclose(eigenvalues, np.clip(reference, 0, None), rtol=1e-9, atol=1e-9)
