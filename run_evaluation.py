@@ -326,9 +326,9 @@ def linear_probe_predict(
         train_labels (`np.ndarray` of shape `(N,)`): their integer labels.
         query_embeddings (`np.ndarray` of shape `(Q, D)`): embeddings to classify.
         method (`str`, *optional*, defaults to `"logistic_regression"`): `"logistic_regression"` (scikit-learn
-            multinomial logistic regression, L-BFGS, `C = 1`, on embeddings standardised with the training mean and
-            standard deviation) or `"layernorm_linear"` (LayerNorm + Linear, AdamW at 1e-2 with weight decay 1e-4,
-            cosine schedule, batch 256, for `epochs` epochs).
+            multinomial logistic regression, L-BFGS, `C = 1`, one BLAS thread, on embeddings standardised with the
+            training mean and standard deviation) or `"layernorm_linear"` (LayerNorm + Linear, AdamW at 1e-2 with
+            weight decay 1e-4, cosine schedule, batch 256, for `epochs` epochs).
         epochs (`int`, *optional*, defaults to 100): epochs of the `"layernorm_linear"` probe.
         seed (`int`, *optional*, defaults to 0): seed of the probe's initialisation and batch order.
 
@@ -341,10 +341,13 @@ def linear_probe_predict(
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
+        from threadpoolctl import threadpool_limits
 
         scaler = StandardScaler().fit(train_embeddings)
         classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-        with warnings.catch_warnings(record=True) as caught:
+        # One BLAS thread: the products are small, and on a busy CPU more threads spin (measured: 10x the time for
+        # the 3072-dimensional raw-pixel row, BENCHMARKS.md "The first command").
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("always", ConvergenceWarning)
             classifier.fit(scaler.transform(train_embeddings), train_labels)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
