@@ -15,13 +15,17 @@ Each image of a train and an eval split gives one embedding (the model's `pooler
   averaged over random directions drawn with a fixed seed, in float64) of the raw eval embeddings.
 
 The metrics are computed by the `evaluate` module `trainer/metrics/frozen_embedding_eval` (loaded from its local
-folder: no download), which works on its own for embeddings from anywhere. Without `--dataset_name`, the digits that
-ship with scikit-learn are used, upsampled to the model's image size. Results go to a JSON file, the eigenvalue
-spectrum to a PNG beside it, and, with `--update_model_card`, into the checkpoint's model card.
+folder: no download), which works on its own for embeddings from anywhere. Without `--dataset_name`, a built-in
+dataset of `run_pretraining.py` is used, with the same splits (`--builtin_dataset`: crops of 17 photographs by
+default, or the digits that ship with scikit-learn, upsampled to the model's image size). `--random_init_baseline` and
+`--raw_pixel_baseline` add the same metrics for a random backbone of the same shape and for the raw pixels. Results
+go to a JSON file, the eigenvalue spectrum to a PNG beside it, and, with `--update_model_card`, into the checkpoint's
+model card.
 
 Examples:
 
-    python run_evaluation.py --model_name_or_path outputs/digits --random_init_baseline --update_model_card
+    python run_evaluation.py --model_name_or_path outputs/photos --random_init_baseline --raw_pixel_baseline \
+        --update_model_card
     python run_evaluation.py --model_name_or_path outputs/vitb --dataset_name uoft-cs/cifar10 \
         --image_column_name img --eval_split test --output_file cifar10_eval.json
 """
@@ -43,6 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PreTrainedConfig, ViTImageProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging as hf_logging
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -93,6 +98,34 @@ def load_image_processor(model_name_or_path: str | os.PathLike | None, config: P
                 model_name_or_path,
             )
     return default_image_processor(image_size_of(config))
+
+
+class RawPixelEmbedding(nn.Module):
+    """
+    The raw-pixel baseline of a frozen evaluation, as a model: the "embedding" of an image is its preprocessed
+    `pixel_values` (resized to `image_size`, rescaled and normalised by the same image processor as the model's)
+    flattened to `3 * image_size**2` values. It has no parameters and goes through `extract_embeddings`,
+    `compute_embedding_metrics` and `evaluate_embeddings` exactly as a model does, so its k-NN and linear-probe
+    accuracies are those of the same protocol on the pixels the model sees.
+
+    Args:
+        image_size (`int`): the model's input resolution (its `global_image_size`), reported by `image_size_of`.
+    """
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        if image_size < 1:
+            raise ValueError(f"`image_size` must be positive, got {image_size}.")
+        self.config = PreTrainedConfig(image_size=image_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        """`pixel_values` `(B, C, H, W)` -> `pooler_output` `(B, C * H * W)`."""
+        return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=pixel_values.flatten(1))
+
+
+def raw_pixels_like(model: nn.Module) -> RawPixelEmbedding:
+    """The raw-pixel baseline at `model`'s input resolution (see `RawPixelEmbedding`)."""
+    return RawPixelEmbedding(image_size_of(_embedding_module(model).config))
 
 
 def _embedding_module(model: nn.Module) -> nn.Module:
@@ -150,8 +183,11 @@ def extract_embeddings(
     from trainer.data import ImageDecodeError, decode_image, to_rgb_image
 
     module = _embedding_module(model)
-    parameter = next(module.parameters())
-    device = torch.device(device) if device is not None else parameter.device
+    parameter = next(module.parameters(), None)  # None for `RawPixelEmbedding`
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    if device is None:
+        device = parameter.device if parameter is not None else "cpu"
+    device = torch.device(device)
     if image_processor is None:
         image_processor = default_image_processor(image_size_of(module.config))
     was_training = module.training
@@ -178,7 +214,7 @@ def extract_embeddings(
                 progress.update(len(values))
                 if images:
                     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-                    pixel_values = pixel_values.to(device=device, dtype=parameter.dtype)
+                    pixel_values = pixel_values.to(device=device, dtype=dtype)
                     embeddings.append(embed(module, pixel_values).float().cpu())
                     labels.extend(kept)
                 if max_samples is not None and seen >= max_samples:
@@ -220,9 +256,9 @@ def linear_probe_predict(
         train_labels (`np.ndarray` of shape `(N,)`): their integer labels.
         query_embeddings (`np.ndarray` of shape `(Q, D)`): embeddings to classify.
         method (`str`, *optional*, defaults to `"logistic_regression"`): `"logistic_regression"` (scikit-learn
-            multinomial logistic regression, L-BFGS, `C = 1`, on embeddings standardised with the training mean and
-            standard deviation) or `"layernorm_linear"` (LayerNorm + Linear, AdamW at 1e-2 with weight decay 1e-4,
-            cosine schedule, batch 256, for `epochs` epochs).
+            multinomial logistic regression, L-BFGS, `C = 1`, one BLAS thread, on embeddings standardised with the
+            training mean and standard deviation) or `"layernorm_linear"` (LayerNorm + Linear, AdamW at 1e-2 with
+            weight decay 1e-4, cosine schedule, batch 256, for `epochs` epochs).
         epochs (`int`, *optional*, defaults to 100): epochs of the `"layernorm_linear"` probe.
         seed (`int`, *optional*, defaults to 0): seed of the probe's initialisation and batch order.
 
@@ -494,10 +530,25 @@ class EvaluationArguments:
             "help": "Also evaluate a randomly initialised backbone of the same shape, as `random_init_baseline`."
         },
     )
+    raw_pixel_baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "Also evaluate the raw pixels at the model's input resolution (the preprocessed image, "
+            "flattened) with the same k-NN and probe, as `raw_pixel_baseline`."
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of a Hub checkpoint."})
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A labelled image dataset (Hub id or local path). Defaults to scikit-learn's digits."},
+        metadata={"help": "A labelled image dataset (Hub id or local path). Defaults to `--builtin_dataset`."},
+    )
+    builtin_dataset: str = field(
+        default="photos",
+        metadata={
+            "help": "Without --dataset_name: 'photos' (which of 17 photographs a held-out crop comes from) or "
+            "'digits' (scikit-learn's digits), the built-in datasets of run_pretraining.py, with the same splits.",
+            "choices": ("photos", "digits"),
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the dataset."})
     train_split: str = field(default="train", metadata={"help": "Split the k-NN and the probe learn from."})
@@ -522,7 +573,7 @@ class EvaluationArguments:
     sigreg_t_max: float = field(default=3.0, metadata={"help": "Integration range of the Epps-Pulley integral."})
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     device: str | None = field(default=None, metadata={"help": "Defaults to cuda when available, else cpu."})
-    seed: int = field(default=0, metadata={"help": "Seed of the digits split, the probe, SIGReg and random init."})
+    seed: int = field(default=0, metadata={"help": "Seed of the probe, the SIGReg directions and random init."})
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Where results go; defaults to the checkpoint folder when local, else the current folder."},
@@ -570,14 +621,19 @@ def load_model(args: EvaluationArguments) -> tuple[nn.Module, Any]:
 def load_splits(args: EvaluationArguments, image_size: int) -> tuple[Any, Any, str]:
     """
     The train and eval splits, and a display name of the dataset. With `max_train_samples` / `max_eval_samples`, a
-    split is shuffled with `seed` first, so that the subset is not the first rows of a dataset sorted by label (the
-    built-in digits splits are already shuffled and stratified).
+    split is shuffled with `seed` first, so that the subset is not the first rows of a dataset sorted by label. The
+    built-in splits are already shuffled, and fixed: the same as those of `run_pretraining.py` (which pretrains on the
+    train split only).
     """
     if args.dataset_name is None:
-        from trainer.data import load_digits_dataset
+        from trainer.data import BUILTIN_DATASETS, load_digits_dataset, load_photos_dataset
 
-        digits = load_digits_dataset(image_size=image_size, seed=args.seed, test_fraction=args.digits_test_fraction)
-        return digits[args.train_split], digits[args.eval_split], "scikit-learn digits (8x8, upsampled)"
+        if args.builtin_dataset == "digits":  # upsampled to the model's resolution
+            builtin = load_digits_dataset(image_size=image_size, test_fraction=args.digits_test_fraction)
+        else:
+            builtin = load_photos_dataset()
+        description = BUILTIN_DATASETS[args.builtin_dataset].description
+        return builtin[args.train_split], builtin[args.eval_split], description
     from datasets import Dataset, load_dataset
 
     def load(split: str, max_samples: int | None) -> Any:
@@ -638,19 +694,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results, eval_embeddings = run(model, "model")
     results = {
         "model_name_or_path": args.model_name_or_path or f"random init ({args.model_preset})",
-        "dataset_name": args.dataset_name or "digits",
+        "dataset_name": args.dataset_name or args.builtin_dataset,
         "dataset_display_name": dataset_display_name,
         "dataset_config_name": args.dataset_config_name,
         "train_split": args.train_split,
         "eval_split": args.eval_split,
         **results,
     }
-    if args.random_init_baseline:
-        baseline, _ = run(random_init_like(model, args.seed), "random init")
-        results["random_init_baseline"] = {
-            key: baseline[key]
-            for key in ("knn_accuracy", "linear_probe_accuracy", "effective_rank", "sigreg_statistic")
-        }
+    baselines = {"random_init_baseline": args.random_init_baseline, "raw_pixel_baseline": args.raw_pixel_baseline}
+    for key, wanted in baselines.items():
+        if not wanted:
+            continue
+        if key == "random_init_baseline":
+            baseline, _ = run(random_init_like(model, args.seed), "random init")
+        else:
+            baseline, _ = run(raw_pixels_like(model), "raw pixels")
+        kept = ("knn_accuracy", "linear_probe_accuracy", "effective_rank", "sigreg_statistic", "embedding_size")
+        results[key] = {name: baseline[name] for name in kept}
 
     if args.output_dir is not None:
         output_dir = Path(args.output_dir)
@@ -681,14 +741,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"SIGReg statistic {results['sigreg_statistic']:.4g}"
     )
     logger.info("%s on %s (%s): %s", results["model_name_or_path"], dataset_display_name, args.eval_split, summary)
-    if "random_init_baseline" in results:
-        base = results["random_init_baseline"]
-        logger.info(
-            "Random init baseline: k-NN accuracy %.4f, linear probe accuracy %.4f, effective rank %.2f",
-            base["knn_accuracy"],
-            base["linear_probe_accuracy"],
-            base["effective_rank"],
-        )
+    for key, name in (("random_init_baseline", "Random init"), ("raw_pixel_baseline", "Raw pixels")):
+        if key in results:
+            base = results[key]
+            logger.info(
+                "%s baseline: k-NN accuracy %.4f, linear probe accuracy %.4f, effective rank %.2f",
+                name,
+                base["knn_accuracy"],
+                base["linear_probe_accuracy"],
+                base["effective_rank"],
+            )
     return results
 
 

@@ -34,6 +34,15 @@ EVAL_SECTION_TEMPLATE = TEMPLATE_DIR / "eval_section.md"
 LOSS_PLOT_NAME = "loss_curves.png"
 SPECTRUM_PLOT_NAME = "embedding_spectrum.png"
 EVAL_RESULTS_NAME = "lejepa_eval_results.json"
+# The baselines that `run_evaluation` adds to a result, as rows of the card's evaluation table, in this order.
+BASELINE_ROWS = {
+    "random_init_baseline": "random init, same architecture",
+    "raw_pixel_baseline": "raw pixels (input resolution)",
+}
+RAW_PIXEL_PROTOCOL = (
+    "**Raw pixels**: the same k-NN and probe on the image as the model sees it (resized to its input resolution and "
+    "normalised), flattened."
+)
 EVAL_SECTION_START = "<!-- lejepa-evaluation:start -->"
 EVAL_SECTION_END = "<!-- lejepa-evaluation:end -->"
 
@@ -353,19 +362,23 @@ def render_evaluation_section(
     Args:
         eval_results (`dict` or list of `dict`, *optional*): results of `run_evaluation.evaluate_embeddings` (keys
             such as `knn_accuracy`, `linear_probe_accuracy`, `effective_rank`, `sigreg_statistic`, `dataset_name`,
-            `eval_split`, and optionally `random_init_baseline` with the same metrics for a randomly initialised
-            backbone of the same shape).
+            `eval_split`, and optionally `random_init_baseline` and `raw_pixel_baseline` with the same metrics for a
+            randomly initialised backbone of the same shape and for the raw pixels at the model's input resolution:
+            one row each, after the model's).
         spectrum_plot (`str`, *optional*): relative path of the eigenvalue spectrum PNG to show.
     """
     results = _as_result_list(eval_results)
     rows, protocols, sizes = [], [], []
     for result in results:
         rows.append(_result_row(result, "this model"))
-        if isinstance(result.get("random_init_baseline"), Mapping):
-            rows.append(_result_row({**result, **result["random_init_baseline"]}, "random init, same architecture"))
+        for key, label in BASELINE_ROWS.items():
+            if isinstance(result.get(key), Mapping):
+                rows.append(_result_row({**result, **result[key]}, label))
         for key in ("knn_protocol", "linear_probe_protocol"):
             if result.get(key) and result[key] not in protocols:
                 protocols.append(result[key])
+        if isinstance(result.get("raw_pixel_baseline"), Mapping) and RAW_PIXEL_PROTOCOL not in protocols:
+            protocols.append(RAW_PIXEL_PROTOCOL)
         if result.get("embedding_size") and result["embedding_size"] not in sizes:
             sizes.append(result["embedding_size"])
     if rows and not protocols:
@@ -381,7 +394,7 @@ def render_evaluation_section(
 
 def hub_eval_results(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[EvalResult]:
     """The accuracies of `eval_results` as `huggingface_hub.EvalResult`s for the card's `model-index` (the random-init
-    baselines, the effective rank and the SIGReg statistic are only in the card's body)."""
+    and raw-pixel baselines, the effective rank and the SIGReg statistic are only in the card's body)."""
     hub_results = []
     for result in _as_result_list(eval_results):
         dataset_type = result.get("dataset_name") or "unknown"

@@ -37,13 +37,18 @@ def covariance_eigenvalues(embeddings: np.ndarray) -> np.ndarray:
 
     Returns:
         `np.ndarray` of shape `(D,)` in float64; tiny negative values from round-off are clipped to 0.
+
+    With fewer samples than dimensions (raw pixels), the eigenvalues come from the `N x N` Gram matrix of the centred
+    embeddings, which has the same nonzero eigenvalues as the `D x D` covariance; the other `D - N` are 0.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"`embeddings` must have shape (N, D) with N >= 2, got {x.shape}.")
+    num_samples, dim = x.shape
     x = x - x.mean(axis=0, keepdims=True)
-    covariance = x.T @ x / (x.shape[0] - 1)
-    eigenvalues = np.linalg.eigvalsh(covariance)[::-1]
+    smaller = x @ x.T if num_samples < dim else x.T @ x
+    eigenvalues = np.linalg.eigvalsh(smaller / (num_samples - 1))[::-1]
+    eigenvalues = np.concatenate([eigenvalues, np.zeros(dim - eigenvalues.shape[0])])
     return np.clip(eigenvalues, 0.0, None)
 
 

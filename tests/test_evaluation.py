@@ -142,7 +142,7 @@ def test_script_writes_json_and_model_card(tmp_path):
     )
     written = json.loads((checkpoint / "eval_results.json").read_text())  # default: next to the checkpoint
     assert written == json.loads(json.dumps(results))
-    assert written["dataset_name"] == "digits" and written["eval_split"] == "test"
+    assert written["dataset_name"] == "photos" and written["eval_split"] == "test"  # the built-in default
     assert 0 <= written["knn_accuracy"] <= 1 and 0 <= written["linear_probe_accuracy"] <= 1
     assert 1 <= written["effective_rank"] <= 32
     assert set(written["random_init_baseline"]) == {
@@ -150,6 +150,7 @@ def test_script_writes_json_and_model_card(tmp_path):
         "linear_probe_accuracy",
         "effective_rank",
         "sigreg_statistic",
+        "embedding_size",
     }
     assert (checkpoint / "embedding_spectrum.png").is_file()
     # no card before: one is built, with the results in the metadata and the body

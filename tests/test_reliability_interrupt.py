@@ -37,7 +37,7 @@ MAX_STEPS = 6
 COMMON = [
     "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "16", "--dataloader_num_workers", "0",
     "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-    "--config_overrides", "num_local_views=0", "--digits_evaluation", "false",  # global views only: faster
+    "--config_overrides", "num_local_views=0", "--builtin_dataset", "digits", "--builtin_evaluation", "false",
 ]
 
 

@@ -8,6 +8,7 @@ from .callbacks import (
     is_complete_checkpoint,
 )
 from .data import (
+    BUILTIN_DATASETS,
     BadSampleCounter,
     DecodeResizeTransform,
     ImageDecodeError,
@@ -16,7 +17,9 @@ from .data import (
     MultiCropTransform,
     check_num_shards,
     decode_image,
+    load_builtin_dataset,
     load_digits_dataset,
+    load_photos_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
     prepare_validation_dataset,
@@ -29,6 +32,7 @@ from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
 
 __all__ = [
     "EVAL_SIGREG_SEED",
+    "BUILTIN_DATASETS",
     "BadSampleCounter",
     "DecodeResizeTransform",
     "DeviceMultiCrop",
@@ -45,7 +49,9 @@ __all__ = [
     "decode_image",
     "get_last_complete_checkpoint",
     "is_complete_checkpoint",
+    "load_builtin_dataset",
     "load_digits_dataset",
+    "load_photos_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
     "prepare_validation_dataset",
