@@ -435,6 +435,13 @@ class MultiCropConfig:
             raise ValueError(f"`image_std` must be positive, got {self.image_std}.")
 
     @classmethod
+    def given(cls, config: MultiCropConfig | None, fields: dict[str, Any]) -> MultiCropConfig:
+        """`config`, or one built from `fields` (the keyword arguments of a transform taking either, not both)."""
+        if config is not None and fields:
+            raise ValueError("Give either a MultiCropConfig or its fields as keyword arguments, not both.")
+        return config if config is not None else cls(**fields)
+
+    @classmethod
     def from_lejepa_config(cls, config: Any, image_processor: Any = None, **overrides) -> MultiCropConfig:
         """
         Builds the settings from a `LeJepaConfig` (views, sizes, crop scales) and an image processor (normalisation).
@@ -531,9 +538,7 @@ class MultiCropTransform:
     """
 
     def __init__(self, config: MultiCropConfig | None = None, **kwargs):
-        if config is not None and kwargs:
-            raise ValueError("Give either a MultiCropConfig or its fields as keyword arguments, not both.")
-        self.config = config if config is not None else MultiCropConfig(**kwargs)
+        self.config = MultiCropConfig.given(config, kwargs)
         c = self.config
         self.global_views = [
             self._view_pipeline(c.global_image_size, c.global_crop_scale, _per_view(c.global_blur_prob, index),

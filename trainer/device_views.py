@@ -135,9 +135,7 @@ class DeviceMultiCrop:
     """
 
     def __init__(self, config: MultiCropConfig | None = None, **kwargs):
-        if config is not None and kwargs:
-            raise ValueError("Give either a MultiCropConfig or its fields as keyword arguments, not both.")
-        self.config = config if config is not None else MultiCropConfig(**kwargs)
+        self.config = MultiCropConfig.given(config, kwargs)
         c = self.config
         self._jitter_ranges = [
             (max(0.0, 1.0 - c.brightness), 1.0 + c.brightness),
