@@ -127,31 +127,27 @@ def test_raw_pixel_baseline_goes_through_the_same_knn_and_probe(monkeypatch):
     processor = default_image_processor(8)
     calls = []
     knn, probe = run_evaluation.knn_predict, run_evaluation.linear_probe_predict
+    metrics = run_evaluation.compute_embedding_metrics  # the k-NN and the probe, through the evaluate module
 
-    def knn_spy(train_embeddings, train_labels, query_embeddings, *args, **kwargs):
-        calls.append(("knn", train_embeddings, query_embeddings))
-        return knn(train_embeddings, train_labels, query_embeddings, *args, **kwargs)
+    def metrics_spy(train_embeddings, train_labels, eval_embeddings, eval_labels, **kwargs):
+        calls.append(("metrics", train_embeddings, eval_embeddings))
+        return metrics(train_embeddings, train_labels, eval_embeddings, eval_labels, **kwargs)
 
-    def probe_spy(train_embeddings, train_labels, query_embeddings, *args, **kwargs):
-        calls.append(("probe", train_embeddings, query_embeddings))
-        return probe(train_embeddings, train_labels, query_embeddings, *args, **kwargs)
-
-    monkeypatch.setattr(run_evaluation, "knn_predict", knn_spy)
-    monkeypatch.setattr(run_evaluation, "linear_probe_predict", probe_spy)
+    monkeypatch.setattr(run_evaluation, "compute_embedding_metrics", metrics_spy)
     raw = evaluate_embeddings(RawPixelEmbedding(8), train, test, processor)
     torch.manual_seed(0)
     model = LeJepaModel(LeJepaConfig.from_preset("vit-tiny-test", global_image_size=8))
     evaluate_embeddings(model, train, test, processor)
-    assert [name for name, *_ in calls] == ["knn", "probe", "knn", "probe"]  # the same functions for both rows
+    assert [name for name, *_ in calls] == ["metrics", "metrics"]  # the same protocol for both rows
 
     # Independent reference: the raw-pixel embedding is the processor's output, flattened.
     def pixels(split):
         return processor(images=list(split["image"]), return_tensors="np")["pixel_values"].reshape(len(split), -1)
 
     expected_train, expected_test = pixels(train), pixels(test)
-    for _, train_embeddings, query_embeddings in calls[:2]:
-        np.testing.assert_allclose(train_embeddings, expected_train, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(query_embeddings, expected_test, rtol=0, atol=1e-6)
+    _, train_embeddings, query_embeddings = calls[0]
+    np.testing.assert_allclose(train_embeddings, expected_train, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(query_embeddings, expected_test, rtol=0, atol=1e-6)
     labels, test_labels = np.asarray(train["label"]), np.asarray(test["label"])
     assert raw["knn_accuracy"] == np.mean(knn(expected_train, labels, expected_test, num_classes=17) == test_labels)
     assert raw["linear_probe_accuracy"] == np.mean(probe(expected_train, labels, expected_test) == test_labels)

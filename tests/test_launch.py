@@ -35,8 +35,8 @@ def accelerate_launch(launch_args: list[str], script: list[str], cwd, wait: bool
 def run_pretraining_args(output_dir) -> list[str]:
     return [
         str(REPO_ROOT / "run_pretraining.py"), "--output_dir", str(output_dir), "--max_steps", "3",
-        "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0", "--digits_evaluation", "false",
-        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+        "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0", "--builtin_dataset", "digits",
+        "--builtin_evaluation", "false", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
     ]
 
 
@@ -147,7 +147,7 @@ def test_ddp_launch_logs_what_is_in_effect_and_skips_the_unused_parameter_search
     result = accelerate_launch(DDP_CPU, [*run_pretraining_args(tmp_path / "out"), "--use_cpu"], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made by CPU"
+    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made by the CPU"
     assert output.count(line) == 1, output[-3000:]  # once, on the main process
     assert UNUSED_WARNING not in output
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())

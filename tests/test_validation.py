@@ -226,7 +226,7 @@ def test_standalone_evaluation_and_knn_match_training_and_run_evaluation(tmp_pat
             "0", "--report_to", "none", "--disable_tqdm", "True", "--config_overrides", "num_local_views=2"]
     run_script(
         "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
-        "--save_steps", "2", "--digits_evaluation", "False", *tiny, cwd=tmp_path,
+        "--save_steps", "2", "--builtin_dataset", "digits", "--builtin_evaluation", "False", *tiny, cwd=tmp_path,
     )
     checkpoint = tmp_path / "run" / "checkpoint-2"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -234,17 +234,18 @@ def test_standalone_evaluation_and_knn_match_training_and_run_evaluation(tmp_pat
     assert 0.0 <= logged["eval_knn_accuracy"] <= 1.0
 
     run_script(
-        "--model_name_or_path", str(checkpoint), "--do_train", "False", "--do_eval", "--output_dir",
-        str(tmp_path / "alone"), *tiny, cwd=tmp_path,
+        "--model_name_or_path", str(checkpoint), "--do_train", "False", "--do_eval", "--builtin_dataset", "digits",
+        "--output_dir", str(tmp_path / "alone"), *tiny, cwd=tmp_path,
     )
     alone = json.loads((tmp_path / "alone" / "eval_results.json").read_text())
     for key in ("eval_loss", "eval_prediction_loss", "eval_sigreg_loss", "eval_knn_accuracy"):
         assert alone[key] == pytest.approx(logged[key], rel=1e-6, abs=0), key
     assert not (tmp_path / "alone" / "model.safetensors").exists(), "evaluating alone must not save a model"
 
-    # the evaluation script's k-NN on the same images: digits train -> test split with the run's seed (42, the
-    # default of TrainingArguments), the checkpoint's image processor
+    # the evaluation script's k-NN on the same images: the built-in digits' fixed train -> test split, the
+    # checkpoint's image processor
     results = run_evaluation.main(
-        ["--model_name_or_path", str(checkpoint), "--seed", "42", "--output_dir", str(tmp_path / "eval")]
+        ["--model_name_or_path", str(checkpoint), "--builtin_dataset", "digits", "--output_dir",
+         str(tmp_path / "eval")]
     )
     assert results["knn_accuracy"] == logged["eval_knn_accuracy"]
