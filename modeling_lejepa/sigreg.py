@@ -109,15 +109,16 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 def counter_based_normal(
     count: int, seed: int | torch.Tensor, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """`count` float64 standard normals, a pure function of `seed`: entry `i` by the Box-Muller transform of two
-    uniforms, the 32-bit hashes of the counters `2 i` and `2 i + 1` mixed with the hashed seed."""
+    """`count` float64 standard normals (float32 on MPS), a pure function of `seed`: entry `i` by the Box-Muller
+    transform of two uniforms, the 32-bit hashes of the counters `2 i` and `2 i + 1` mixed with the hashed seed."""
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
     key = _hash32(_hash32(seed & _UINT32_MASK) ^ ((seed >> 32) & _UINT32_MASK))
     counter = torch.arange(count, dtype=torch.int64, device=seed.device)
     first = _hash32(((2 * counter) & _UINT32_MASK) ^ key)
     second = _hash32(((2 * counter + 1) & _UINT32_MASK) ^ _hash32(key))
-    # uniforms in (0, 1), never 0: the log stays finite
-    u1, u2 = (first.double() + 0.5) / 2.0**32, (second.double() + 0.5) / 2.0**32
+    # uniforms in (0, 1), never 0: the log stays finite; float64 except on MPS, which has none
+    dtype = torch.float32 if seed.device.type == "mps" else torch.float64
+    u1, u2 = (first.to(dtype) + 0.5) / 2.0**32, (second.to(dtype) + 0.5) / 2.0**32
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
 
 
