@@ -196,7 +196,7 @@ def test_run_evaluation_adds_both_baselines_to_results_and_card(tmp_path):
 
 @pytest.mark.slow
 def test_default_first_command_prints_three_rows(tmp_path):
-    """`python run_pretraining.py --output_dir DIR`, the README's first command, with 3 steps instead of 300."""
+    """`python run_pretraining.py --output_dir DIR`, the README's first command, with 3 steps instead of 600."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO_ROOT}
     command = [
         sys.executable, "run_pretraining.py", "--output_dir", str(tmp_path / "photos"), "--max_steps", "3",
