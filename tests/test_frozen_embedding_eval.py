@@ -23,7 +23,42 @@ def fixed_embeddings() -> dict:
     return {"embeddings": embeddings, "labels": labels, "splits": ["train"] * 120 + ["eval"] * 60}
 
 
-def test_module_equals_the_evaluation_library():
+def test_module_against_independent_references():
+    """Every metric of the module against an implementation that is not the module's: scikit-learn's k-NN (majority
+    vote, cosine) and logistic regression, the effective rank from numpy's eigenvalues, and the Epps-Pulley statistic
+    written from its definition (`test_sigreg.epps_pulley_reference`) on the same numpy directions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+    from test_sigreg import epps_pulley_reference
+
+    data = fixed_embeddings()
+    x, y = data["embeddings"], data["labels"]
+    train, test = slice(0, 120), slice(120, 180)
+    results = load_frozen_embedding_eval().compute(**data, knn_k=5, knn_temperature=0, num_slices=32, seed=3)
+
+    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute").fit(x[train], y[train])
+    scaler = StandardScaler().fit(x[train])
+    probe = LogisticRegression(C=1.0, max_iter=2000, random_state=3).fit(scaler.transform(x[train]), y[train])
+    centered = x[test].astype(np.float64) - x[test].astype(np.float64).mean(axis=0)
+    eigenvalues = np.clip(np.linalg.eigvalsh(centered.T @ centered / 59), 0, None)
+    p = eigenvalues[eigenvalues > 0] / eigenvalues.sum()
+    directions = np.random.default_rng(3).standard_normal((8, 32))
+    directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+    projected = x[test].astype(np.float64) @ directions
+
+    # ties are possible in the majority vote (k = 5, 3 classes): allow one disagreement of 60
+    assert results["knn_accuracy"] == pytest.approx(np.mean(knn.predict(x[test]) == y[test]), abs=1 / 60)
+    assert results["linear_probe_accuracy"] == np.mean(probe.predict(scaler.transform(x[test])) == y[test])
+    assert results["effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
+    expected = np.mean([epps_pulley_reference(projected[:, m]) for m in range(32)])
+    assert results["epps_pulley"] == pytest.approx(expected, rel=1e-10)
+    assert 0.5 < results["knn_accuracy"] <= 1.0 and results["num_classes"] == 3
+    assert (results["num_train_samples"], results["num_eval_samples"], results["embedding_size"]) == (120, 60, 8)
+
+
+def test_library_reports_the_module_metrics():
+    """`run_evaluation.compute_embedding_metrics` (what the scripts call) reports the module's numbers."""
     data = fixed_embeddings()
     results = load_frozen_embedding_eval().compute(**data, **SETTINGS)
     library = compute_embedding_metrics(
@@ -33,8 +68,6 @@ def test_module_equals_the_evaluation_library():
     for key in ("knn_accuracy", "linear_probe_accuracy", "effective_rank"):
         assert results[key] == library[key], key
     assert results["epps_pulley"] == library["sigreg_statistic"]
-    assert 0.5 < results["knn_accuracy"] <= 1.0 and results["num_classes"] == 3
-    assert (results["num_train_samples"], results["num_eval_samples"], results["embedding_size"]) == (120, 60, 8)
 
 
 def test_invalid_split_names_are_refused():
