@@ -27,7 +27,7 @@ from trainer import (
     resolve_augment_on_device,
     view_generator,
 )
-from trainer.device_views import JITTER_OPERATIONS
+from trainer.data.device_views import JITTER_OPERATIONS
 
 TINY = LeJepaConfig.from_preset("vit-tiny-test")
 

@@ -27,7 +27,7 @@ from .data import (
     split_validation_dataset,
     take_validation_examples,
 )
-from .device_views import DeviceMultiCrop, view_generator
+from .data.device_views import DeviceMultiCrop, view_generator
 from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
 
 __all__ = [

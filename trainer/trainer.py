@@ -31,7 +31,7 @@ from .callbacks import (
     is_complete_checkpoint,
     read_stream_states,
 )
-from .device_views import DeviceMultiCrop, view_generator
+from .data.device_views import DeviceMultiCrop, view_generator
 from .launch import LaunchCheckCallback, freeze_unused_parameters, plain_model_for_saving
 from .throughput import TrainingFlops, peak_flops
 

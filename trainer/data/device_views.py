@@ -40,7 +40,7 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torchvision.ops import roi_align
 
-from .data import MultiCropConfig, _per_view
+from . import MultiCropConfig, _per_view
 
 # Attempts of torchvision's RandomResizedCrop before it falls back to the central crop.
 CROP_ATTEMPTS = 10
@@ -123,7 +123,7 @@ class DeviceMultiCrop:
     ```python
     >>> import torch
     >>> from trainer.data import MultiCropConfig
-    >>> from trainer.device_views import DeviceMultiCrop, view_generator
+    >>> from trainer.data.device_views import DeviceMultiCrop, view_generator
 
     >>> views = DeviceMultiCrop(MultiCropConfig(global_image_size=32, local_image_size=16))
     >>> images = torch.randint(0, 256, (3, 3, 50, 60), dtype=torch.uint8)  # padded canvas of 3 images
