@@ -172,7 +172,7 @@ def transform_breakdown(transform: MultiCropTransform, image: PIL.Image.Image, r
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as tvf
 
-    from trainer.data import _per_view, _SeparableGaussianBlur
+    from trainer.data.views import _per_view, _SeparableGaussianBlur
 
     c = transform.config
     threads = torch.get_num_threads()

@@ -57,6 +57,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The view settings that `trainer.data.MultiCropConfig` shares with `LeJepaConfig`: their defaults are `LeJepaConfig`'s
+# and both check them with `check_view_geometry`.
+VIEW_GEOMETRY_FIELDS = (
+    "num_global_views", "num_local_views", "global_image_size", "local_image_size", "global_crop_scale",
+    "local_crop_scale",
+)
+
+
+def check_view_geometry(
+    num_global_views: int,
+    num_local_views: int,
+    global_image_size: int,
+    local_image_size: int,
+    global_crop_scale: tuple[float, float],
+    local_crop_scale: tuple[float, float],
+) -> None:
+    """
+    Raises `ValueError` naming the first invalid view setting (see `LeJepaConfig` for their meaning) and what is
+    allowed: at least one global view, no negative number of local views, positive image sizes, and crop scales
+    `(min, max)` with `0 < min <= max <= 1`.
+    """
+    if num_global_views < 1:
+        raise ValueError(f"`num_global_views` must be a positive integer, got {num_global_views}.")
+    if num_local_views < 0:
+        raise ValueError(f"`num_local_views` must be >= 0, got {num_local_views}.")
+    for name, size in (("global_image_size", global_image_size), ("local_image_size", local_image_size)):
+        if size < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {size}.")
+    for name, scale in (("global_crop_scale", global_crop_scale), ("local_crop_scale", local_crop_scale)):
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"`{name}` must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}.")
+
+
 @strict
 class LeJepaConfig(PreTrainedConfig):
     r"""
@@ -161,18 +194,12 @@ class LeJepaConfig(PreTrainedConfig):
             raise ValueError(
                 f"`sigreg_num_knots` must be an odd integer >= 3 (default 17), got {self.sigreg_num_knots}."
             )
-        for name in ("sigreg_num_slices", "projector_hidden_size", "projector_output_size", "projector_num_layers",
-                     "num_global_views", "global_image_size", "local_image_size"):
+        for name in ("sigreg_num_slices", "projector_hidden_size", "projector_output_size", "projector_num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.sigreg_t_max <= 0:
             raise ValueError(f"`sigreg_t_max` must be positive (default 3.0), got {self.sigreg_t_max}.")
-        if self.num_local_views < 0:
-            raise ValueError(f"`num_local_views` must be >= 0, got {self.num_local_views}.")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low, high = getattr(self, name)
-            if not 0.0 < low <= high <= 1.0:
-                raise ValueError(f"`{name}` must be (min, max) with 0 < min <= max <= 1, got {(low, high)}.")
+        check_view_geometry(**{name: getattr(self, name) for name in VIEW_GEOMETRY_FIELDS})
         patch_size = getattr(self.backbone_config, "patch_size", None)
         if isinstance(patch_size, (list, tuple)):
             patch_size = patch_size[0]
@@ -212,4 +239,4 @@ class LeJepaConfig(PreTrainedConfig):
         return list(PRESETS)
 
 
-__all__ = ["LeJepaConfig"]
+__all__ = ["VIEW_GEOMETRY_FIELDS", "LeJepaConfig", "check_view_geometry"]

@@ -73,10 +73,10 @@ def test_photos_load_offline_and_deterministically(no_network):
 
 def test_photo_test_crops_come_from_held_out_cells(monkeypatch):
     """Every box is inside one cell, and no test box overlaps a training box of the same photo."""
-    from trainer import data
+    from trainer.data import builtin
 
     boxes = []
-    original = data._photo_crop
+    original = builtin._photo_crop
 
     def record(cell, rng, scale):
         box = original(cell, rng, scale)
@@ -85,7 +85,7 @@ def test_photo_test_crops_come_from_held_out_cells(monkeypatch):
         assert cell[0] <= left < right <= cell[2] and cell[1] <= top < bottom <= cell[3]
         return box
 
-    monkeypatch.setattr(data, "_photo_crop", record)
+    monkeypatch.setattr(builtin, "_photo_crop", record)
     load_photos_dataset(**SMALL)
     per_split = 17 * 6
     train_boxes, test_boxes = boxes[:per_split], boxes[per_split:]
@@ -109,9 +109,9 @@ def test_builtin_datasets_and_errors():
 
 
 def test_missing_photo_package_names_the_fix(monkeypatch):
-    from trainer import data
+    from trainer.data import builtin
 
-    monkeypatch.setattr(data, "BUILTIN_PHOTOS", (("no_such_package_xyz", "a.png", "a"),))
+    monkeypatch.setattr(builtin, "BUILTIN_PHOTOS", (("no_such_package_xyz", "a.png", "a"),))
     with pytest.raises(FileNotFoundError, match="pip install no_such_package_xyz.*--builtin_dataset digits"):
         load_photos_dataset(**SMALL)
 

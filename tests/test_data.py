@@ -1,4 +1,4 @@
-"""Tests of trainer/data.py: multi-crop views, RGB conversion, robust decoding, collation and dataset loading."""
+"""Tests of trainer/data/: multi-crop views, RGB conversion, robust decoding, collation and dataset loading."""
 
 import io
 import tarfile
@@ -21,7 +21,6 @@ from trainer.data import (
     MultiCropCollator,
     MultiCropConfig,
     MultiCropTransform,
-    _SeparableGaussianBlur,
     check_num_shards,
     decode_image,
     detect_image_column,
@@ -31,6 +30,7 @@ from trainer.data import (
     prepare_pretraining_dataset,
     to_rgb_image,
 )
+from trainer.data.views import _SeparableGaussianBlur
 
 TINY = {"global_image_size": 32, "local_image_size": 16}
 PIL_MODES = ["L", "LA", "RGB", "RGBA", "CMYK", "P", "I;16", "I", "F"]
@@ -132,6 +132,22 @@ def test_views_from_lejepa_config_and_overrides():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiCropConfig(**kwargs)
+
+
+def test_view_geometry_is_defined_once_in_lejepa_config():
+    """The numbers of views, sizes and crop scales: `LeJepaConfig`'s defaults (the paper's), and its checks."""
+    paper = {"num_global_views": 2, "num_local_views": 6, "global_image_size": 224, "local_image_size": 96,
+             "global_crop_scale": (0.3, 1.0), "local_crop_scale": (0.05, 0.3)}
+    views, model = MultiCropConfig(), LeJepaConfig()
+    assert {name: getattr(views, name) for name in paper} == paper
+    assert {name: getattr(model, name) for name in paper} == paper
+    for bad in ({"num_global_views": 0}, {"num_local_views": -1}, {"local_image_size": 0},
+                {"global_crop_scale": (0.0, 1.0)}, {"local_crop_scale": (0.1, 0.2, 0.3)}):
+        with pytest.raises(ValueError) as from_views:
+            MultiCropConfig(**bad)
+        with pytest.raises(ValueError) as from_model:
+            LeJepaConfig(**bad)
+        assert str(from_views.value) == str(from_model.value) and next(iter(bad)) in str(from_views.value)
 
 
 def test_asymmetric_blur_and_solarize_per_global_view():
@@ -544,6 +560,42 @@ def test_check_num_shards(tmp_path, caplog):
     assert check_num_shards(datasets.Dataset.from_dict({"x": [1]}), world_size=8) is None
 
 
+def test_streams_are_checked_for_enough_shards_per_process(caplog):
+    """`prepare_pretraining_dataset` warns when a stream has fewer shards than the run's processes."""
+    from accelerate import PartialState
+
+    features = datasets.Features({"image": datasets.Image()})
+    stream = datasets.Dataset.from_dict({"image": [natural_image(seed=i) for i in range(4)]}, features=features)
+    stream = stream.to_iterable_dataset(num_shards=2)
+    state = PartialState()
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        prepare_pretraining_dataset(stream, MultiCropTransform(**TINY), "image")
+        assert "shard" not in caplog.text  # 1 process here
+        original = state.num_processes
+        state.num_processes = 4  # as under a 4-process launch
+        try:
+            prepared = prepare_pretraining_dataset(stream, MultiCropTransform(**TINY), "image")
+        finally:
+            state.num_processes = original
+    assert "2 shard(s) for 4 processes" in caplog.text and "at least 4 files" in caplog.text
+    assert len(list(prepared)) == 4  # a warning: the stream still works
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        prepare_pretraining_dataset(stream, MultiCropTransform(**TINY), "image", dataloader_num_workers=4)
+    assert "2 shard(s) for 1 process(es) x 4 DataLoader workers" in caplog.text
+
+
+def test_data_files_of_an_image_format_known_to_datasets(tmp_path):
+    """The builder is `datasets`' own inference: any image format its `imagefolder` reads, e.g. PCX."""
+    for index in range(3):
+        natural_image(seed=index).save(tmp_path / f"{index}.pcx", format="PCX")
+    dataset, image_column, label_column = load_pretraining_dataset(
+        data_files=str(tmp_path / "*.pcx"), cache_dir=str(tmp_path / "c")
+    )
+    assert (image_column, label_column, len(dataset)) == ("image", None, 3)
+    assert np.array_equal(np.asarray(dataset[1]["image"].convert("RGB")), np.asarray(natural_image(seed=1)))
+
+
 def test_image_column_detection_and_errors(tmp_path):
     image = datasets.Image()
     assert detect_image_column(datasets.Features({"picture": image, "y": datasets.Value("int64")})) == "picture"
@@ -580,7 +632,9 @@ def test_image_column_detection_and_errors(tmp_path):
     with pytest.raises(ValueError, match="--dataset_name.*--train_dir.*--data_files"):
         load_pretraining_dataset()
     with pytest.raises(ValueError, match="Cannot tell the format"):
-        load_pretraining_dataset(data_files="data.csv")
+        load_pretraining_dataset(data_files="data.xyz")  # an extension that `datasets` has no builder for
+    with pytest.raises(ValueError, match="mixes formats"):
+        load_pretraining_dataset(data_files={"train": "a.parquet", "test": "b.tar"})
     with pytest.raises(ValueError, match="not both"):
         load_pretraining_dataset(dataset_name="x", train_dir=str(tmp_path))
 

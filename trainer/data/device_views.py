@@ -40,7 +40,7 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torchvision.ops import roi_align
 
-from . import MultiCropConfig, _per_view
+from .views import MultiCropConfig, _per_view
 
 # Attempts of torchvision's RandomResizedCrop before it falls back to the central crop.
 CROP_ATTEMPTS = 10
