@@ -33,7 +33,7 @@ class LeJepaTrainingArguments(TrainingArguments):
         save_on_sigterm (`bool`, *optional*, defaults to `True`):
             On SIGTERM, save a checkpoint at the end of the current step and stop; the same command resumes.
         augment_on_device (`bool`, *optional*):
-            Make the multi-crop views on the training device (`trainer.device_views.DeviceMultiCrop`): DataLoader
+            Make the multi-crop views on the training device (`trainer.data.device_views.DeviceMultiCrop`): DataLoader
             workers then only decode and resize each image once (`DecodeResizeTransform`) and hand over `uint8`.
             `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and off on a CPU.
     """

@@ -328,7 +328,7 @@ class MultiCropTransform:
 class DecodeResizeTransform:
     """
     The DataLoader workers' part of `augment_on_device`: one image, resized once to a bounded size, as `uint8`. The
-    views are then cut and augmented on the training device (`trainer.device_views.DeviceMultiCrop`).
+    views are then cut and augmented on the training device (`trainer.data.device_views.DeviceMultiCrop`).
 
     The size keeps enough pixels for the largest view: with `target_pixels = max(S^2 / min_scale)` over the global and
     local views (`S` the view side, `min_scale` the smallest crop area fraction; 184,320 pixels for 2 x 224 px at
