@@ -47,9 +47,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]  # the packages, and bench_data
 
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
@@ -59,19 +57,17 @@ from bench_data import loader_throughput, natural_looking_image, write_jpegs  # 
 from transformers import TrainerCallback, ViTConfig  # noqa: E402
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining  # noqa: E402
-from trainer import (  # noqa: E402
+from trainer import LeJepaTrainer, LeJepaTrainingArguments  # noqa: E402
+from trainer.data import (  # noqa: E402
     DecodeResizeTransform,
-    DeviceMultiCrop,
-    LeJepaTrainer,
-    LeJepaTrainingArguments,
     MultiCropCollator,
     MultiCropConfig,
     MultiCropTransform,
     load_digits_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
-    view_generator,
 )
+from trainer.data.device_views import DeviceMultiCrop, view_generator  # noqa: E402
 
 SECTIONS = ("decode", "loader", "augment", "small-run")
 QUICK_DEFAULTS = {

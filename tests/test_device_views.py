@@ -15,19 +15,15 @@ from torchvision import transforms as tv_transforms
 from torchvision.transforms.v2 import functional as F
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from trainer import (
+from trainer import LeJepaTrainer, LeJepaTrainingArguments, resolve_augment_on_device
+from trainer.data import (
     DecodeResizeTransform,
-    DeviceMultiCrop,
-    LeJepaTrainer,
-    LeJepaTrainingArguments,
     MultiCropCollator,
     MultiCropConfig,
     decode_image,
     prepare_pretraining_dataset,
-    resolve_augment_on_device,
-    view_generator,
 )
-from trainer.data.device_views import JITTER_OPERATIONS
+from trainer.data.device_views import JITTER_OPERATIONS, DeviceMultiCrop, view_generator
 
 TINY = LeJepaConfig.from_preset("vit-tiny-test")
 

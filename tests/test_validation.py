@@ -14,10 +14,8 @@ from test_distributed import launch
 from transformers import TrainerCallback
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from trainer import (
-    EVAL_SIGREG_SEED,
-    LeJepaTrainer,
-    LeJepaTrainingArguments,
+from trainer import EVAL_SIGREG_SEED, LeJepaTrainer, LeJepaTrainingArguments
+from trainer.data import (
     MultiCropCollator,
     MultiCropTransform,
     load_digits_dataset,

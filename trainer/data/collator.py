@@ -22,6 +22,10 @@ from .decoding import ImageDecodeError, decode_image, to_rgb_image
 
 logger = logging.get_logger(__name__)
 
+# What makes the model inputs of one decoded image: a `MultiCropTransform` (views) or a `DecodeResizeTransform` (one
+# resized image, for views made on the device).
+ImageTransform = Callable[[PIL.Image.Image], dict[str, torch.Tensor]]
+
 
 
 
@@ -126,7 +130,7 @@ class MultiCropBatchTransform:
 
     def __init__(
         self,
-        transform: Callable[[PIL.Image.Image], dict[str, torch.Tensor]],
+        transform: ImageTransform,
         image_column_name: str,
         label_column_name: str | None = None,
         counter: BadSampleCounter | None = None,

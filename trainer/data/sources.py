@@ -7,13 +7,11 @@ shards, map-style or streamed), the detection of the image and label columns, `p
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import PIL.Image
-import torch
 from accelerate import PartialState
 from datasets.data_files import sanitize_patterns
 from datasets.load import infer_module_for_data_files
@@ -25,6 +23,7 @@ from .collator import (
     VIEW_SEED_COLUMN,
     BadSampleCounter,
     FixedViewBatchTransform,
+    ImageTransform,
     MultiCropBatchTransform,
     _has_pixel_values,
 )
@@ -253,7 +252,7 @@ def check_num_shards(
 
 def prepare_pretraining_dataset(
     dataset: datasets.Dataset | datasets.IterableDataset,
-    transform: Callable[[PIL.Image.Image], dict[str, torch.Tensor]],
+    transform: ImageTransform,
     image_column_name: str,
     label_column_name: str | None = None,
     counter: BadSampleCounter | None = None,
@@ -336,7 +335,7 @@ def _undecoded_image_column(
 
 def prepare_validation_dataset(
     dataset: datasets.Dataset,
-    transform: Callable[[PIL.Image.Image], dict[str, torch.Tensor]],
+    transform: ImageTransform,
     image_column_name: str,
     label_column_name: str | None = None,
     counter: BadSampleCounter | None = None,
