@@ -28,7 +28,8 @@ from .data import (
     take_validation_examples,
 )
 from .device_views import DeviceMultiCrop, view_generator
-from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
+from .trainer import LeJepaTrainer, NonFiniteLossError
+from .validation import EVAL_SIGREG_SEED
 
 __all__ = [
     "EVAL_SIGREG_SEED",
