@@ -260,8 +260,8 @@ def stream_state_callback(accelerator: Accelerator, args: TrainingArguments) -> 
     Needs torchdata's `StatefulDataLoader` (torchdata 0.8, the version accelerate's
     `is_torchdata_stateful_dataloader_available` asks for; the `train` extra), Accelerate's `use_stateful_dataloader`
     and `datasets.IterableDataset.state_dict` (the lower bounds in setup.cfg), and `dataloader_num_workers=0`: datasets
-    5.2 restores a shuffled multi-shard stream's state before splitting its shards between DataLoader workers, and
-    fails (IndexError in `_inner_load_state_dict`).
+    5.2 (the latest version checked) restores a shuffled multi-shard stream's state before splitting its shards
+    between DataLoader workers, and fails (IndexError in `_inner_load_state_dict`).
     """
     if not is_torchdata_stateful_dataloader_available():
         reason = "torchdata is not installed (`pip install lejepa-hf[train]` saves the stream position instead)"

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput
-from transformers.utils import logging
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
 from .arguments import check_nonfinite_policy, lejepa_option, resolve_augment_on_device
 from .callbacks import (
@@ -213,13 +213,14 @@ class LeJepaTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        # `save_pretrained` writes checkpoints in the original (transformers 4) key layout, e.g. ViT's
-        # `encoder.layer.0.attention.attention.query`, but `Trainer._load_from_checkpoint` (5.24) loads them with a
-        # plain non-strict `load_state_dict`: the renamed backbone keys would be skipped with a warning and the run
-        # would go on from the *initial* backbone weights. `from_pretrained` applies the key conversion; the result
-        # is loaded strictly.
+        # transformers 5's `save_pretrained` writes checkpoints in the original (transformers 4) key layout
+        # (`save_original_format=True`), e.g. ViT's `encoder.layer.0.attention.attention.query`, but
+        # `Trainer._load_from_checkpoint` (transformers 5.24, the lower bound in setup.cfg) loads them with a plain
+        # non-strict `load_state_dict`: the renamed backbone keys would be skipped with a warning and the run would go
+        # on from the *initial* backbone weights. `from_pretrained` applies the key conversion; the result is loaded
+        # strictly (also right for a Trainer that converts the keys itself).
         target = self.model if model is None else model
-        weights = ("model.safetensors", "model.safetensors.index.json")
+        weights = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
         if (
             isinstance(target, PreTrainedModel)
             and any(os.path.isfile(os.path.join(resume_from_checkpoint, name)) for name in weights)
@@ -250,7 +251,7 @@ class LeJepaTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
 
     def _load_best_model(self) -> None:
-        # Trainer's own version has the same non-strict load as `_load_from_checkpoint` (see there).
+        # Trainer's own version (5.24) has the same non-strict load as `_load_from_checkpoint` (see there).
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_best_model()
         logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
