@@ -30,26 +30,26 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import datasets
 import torch
 import transformers
 from transformers import AutoImageProcessor, HfArgumentParser, set_seed
+from transformers.utils import check_min_version
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from run_evaluation import RawPixelEmbedding, default_image_processor, evaluate_embeddings, knn_metrics
+from run_evaluation import default_image_processor, knn_metrics
 from trainer import (
-    BUILTIN_DATASETS,
     BadSampleCounter,
     DecodeResizeTransform,
     DeviceMultiCrop,
-    LeJepaTrainer,
-    LeJepaTrainingArguments,
     MultiCropCollator,
     MultiCropConfig,
     MultiCropTransform,
-    get_last_complete_checkpoint,
     load_builtin_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
@@ -58,52 +58,22 @@ from trainer import (
     sample_examples,
     split_validation_dataset,
 )
+from trainer.arguments import LeJepaTrainingArguments
+from trainer.callbacks import get_last_complete_checkpoint
+from trainer.recipes import (
+    BUILTIN_RECIPES,
+    BuiltinRecipe,
+    apply_recipe_training_defaults,
+    build_pretraining_config,
+    evaluate_builtin_dataset,
+    format_builtin_evaluation,
+)
+from trainer.trainer import LeJepaTrainer
+
+# LeJepaTrainer overrides Trainer internals as they are in this version (setup.cfg has the same lower bound).
+check_min_version("5.24.0")
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class BuiltinRecipe:
-    """
-    What the first command trains on a built-in dataset (`trainer.BUILTIN_DATASETS`, with no data argument). The model
-    values apply when no `--model_preset` / `--config_name` / `--model_name_or_path` is given (`config` also with a
-    `--model_preset`), each training value when the command line does not set it.
-
-    Args:
-        preset (`str`): the `LeJepaConfig` preset.
-        config (`dict`): overrides of the preset's `LeJepaConfig` values.
-        backbone (`dict`): overrides of the preset's backbone configuration values.
-        transform (`dict`): overrides of `MultiCropConfig` fields.
-        training (`dict`): `TrainingArguments` values.
-    """
-
-    preset: str = "vit-tiny-test"
-    config: dict = field(default_factory=dict)
-    backbone: dict = field(default_factory=dict)
-    transform: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-
-
-BUILTIN_RECIPES = {
-    # Crops of 17 real photographs (which photo does a crop come from; test crops from held-out parts of each photo).
-    # A 0.16M-parameter ViT (hidden 64, 4 layers, 16 tokens of 8 x 8 px) on 2 global views of 32 px and 2 local
-    # views of 16 px: on a CPU the views cost far more than the model (BENCHMARKS.md, "The first command"), so the
-    # model is widened and the local views cut from 6 to 2. 600 steps: at 300 the k-NN row was below the random
-    # backbone's (0.561 vs 0.590), at 600 above it (0.636; BENCHMARKS.md). Persistent workers: an epoch is 8.5 steps.
-    "photos": BuiltinRecipe(
-        config={"num_local_views": 2},
-        backbone={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4},
-        training={"learning_rate": 2e-3, "max_steps": 600, "dataloader_persistent_workers": True},
-    ),
-    # The 8 x 8 digits upsampled to 32 px carry little detail: local crops cover 20-50% of the image instead of the
-    # paper's 5-30%, and colour jitter skips hue and saturation (the digits are grey, so these only cost time).
-    "digits": BuiltinRecipe(
-        config={"local_crop_scale": (0.2, 0.5)},
-        transform={"hue": 0.0, "saturation": 0.0},
-        training={"learning_rate": 2e-3, "max_steps": 800},
-    ),
-}
 
 
 @dataclass
@@ -178,12 +148,9 @@ class DataArguments:
     validation_split: str | None = field(
         default=None, metadata={"help": "A split of the dataset for the validation loss (`--do_eval`), e.g. 'test'."}
     )
-    validation_dir: str | None = field(
-        default=None, metadata={"help": "A local folder of validation images (imagefolder)."}
-    )
+    validation_dir: str | None = field(default=None, metadata={"help": "A folder of validation images (imagefolder)."})
     train_val_split: float | None = field(
-        default=None,
-        metadata={"help": "Hold this fraction of the (map-style) training data out as validation data."},
+        default=None, metadata={"help": "Hold this fraction of the (map-style) training data out as validation data."}
     )
     max_eval_samples: int | None = field(
         default=None,
@@ -200,8 +167,10 @@ class DataArguments:
     )
 
 
-def main() -> None:
-    # 1. Arguments, from the command line or one JSON file
+
+def parse_arguments() -> tuple[ModelArguments, DataArguments, LeJepaTrainingArguments, set[str]]:
+    """The three argument dataclasses, from the command line or from one JSON file (`run_pretraining.py args.json`),
+    and the names of the arguments given there (a recipe's or the script's own defaults apply to the others only)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, LeJepaTrainingArguments))
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         json_file = os.path.abspath(sys.argv[1])
@@ -211,16 +180,246 @@ def main() -> None:
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses()
         given = {arg[2:].split("=")[0] for arg in sys.argv[1:] if arg.startswith("--")}
-    builtin = None
+    return model_args, data_args, training_args, given
+
+
+def builtin_recipe(
+    data_args: DataArguments, training_args: LeJepaTrainingArguments, given: set[str]
+) -> BuiltinRecipe | None:
+    """With no data argument, the recipe of `--builtin_dataset`, its training values set on `training_args` where
+    the command line does not set them; else `None`. Also checks that a stream comes with `--max_steps`."""
+    recipe = None
     if not (data_args.dataset_name or data_args.train_dir or data_args.data_files):
-        builtin = BUILTIN_RECIPES[data_args.builtin_dataset]
-        for name, value in builtin.training.items():
-            if name not in given:
-                setattr(training_args, name, value)
-        if training_args.dataloader_num_workers == 0 and "dataloader_persistent_workers" not in given:
-            training_args.dataloader_persistent_workers = False  # the recipe's value needs workers
+        recipe = BUILTIN_RECIPES[data_args.builtin_dataset]
+        apply_recipe_training_defaults(training_args, recipe, given)
     if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("`--streaming` needs `--max_steps`: a stream has no length to derive the schedule from.")
+    return recipe
+
+
+def load_model(config: LeJepaConfig, model_args: ModelArguments) -> LeJepaForPreTraining:
+    """A new model of `config`, or the weights of `--model_name_or_path` (safetensors only: no pickle from a
+    downloaded checkpoint), in the channels_last memory format with `--channels_last`."""
+    if model_args.model_name_or_path:
+        model = LeJepaForPreTraining.from_pretrained(
+            model_args.model_name_or_path, config=config, use_safetensors=True
+        )
+    else:
+        model = LeJepaForPreTraining(config)
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    logger.info(f"Model: {model.num_parameters():,} parameters")
+    return model
+
+
+def load_image_processor(image_processor_name: str | None, image_size: int) -> Any:
+    """`--image_processor_name`'s image processor, else the ImageNet-normalising one at `image_size` px."""
+    if image_processor_name:
+        return AutoImageProcessor.from_pretrained(image_processor_name)
+    return default_image_processor(image_size)
+
+
+@dataclass
+class PretrainingData:
+    """The training split and the (fixed) validation split of a run, undecorated, with their image and label
+    columns (`None` where there is no label), and the built-in dataset's splits when it is one."""
+
+    train: datasets.Dataset | datasets.IterableDataset
+    image_column: str
+    label_column: str | None
+    validation: datasets.Dataset | None = None
+    validation_image_column: str | None = None
+    validation_label_column: str | None = None
+    builtin: datasets.DatasetDict | None = None
+
+
+def load_data(data_args: DataArguments, model_args: ModelArguments, seed: int, builtin: bool) -> PretrainingData:
+    """
+    The training data and the validation set: with `builtin`, the fixed splits of `--builtin_dataset` (seed 0, the
+    same as run_evaluation.py's: the test images are never pretrained on; they are the validation images), else the
+    data arguments' dataset and its validation split or folder, or a `--train_val_split` of the training data held
+    out (see `split_validation_dataset`).
+    """
+    if builtin:
+        splits = load_builtin_dataset(data_args.builtin_dataset, image_size=data_args.builtin_image_size)
+        data = PretrainingData(splits["train"], "image", "label", splits["test"], "image", "label", builtin=splits)
+    else:
+        source = {  # what the training and the validation data share
+            "dataset_config_name": data_args.dataset_config_name,
+            "image_column_name": data_args.image_column_name,
+            "streaming": data_args.streaming,
+            "cache_dir": model_args.cache_dir,
+        }
+        data = PretrainingData(*load_pretraining_dataset(
+            dataset_name=data_args.dataset_name, train_dir=data_args.train_dir, data_files=data_args.data_files,
+            split=data_args.train_split, seed=seed, shuffle_buffer_size=data_args.shuffle_buffer_size, **source,
+        ))
+        if data_args.validation_split or data_args.validation_dir:
+            data.validation, data.validation_image_column, data.validation_label_column = load_pretraining_dataset(
+                dataset_name=None if data_args.validation_dir else data_args.dataset_name,
+                train_dir=data_args.validation_dir,
+                data_files=None if data_args.validation_dir else data_args.data_files,
+                split=data_args.validation_split or "train",
+                shuffle_buffer_size=1,  # a fixed order (the loader's default seed, not --seed), no buffer
+                **source,
+            )
+        elif data_args.train_val_split:
+            data.validation_image_column, data.validation_label_column = data.image_column, data.label_column
+    data.train, data.validation = split_validation_dataset(
+        data.train, data.validation_image_column or data.image_column, data.validation, data_args.train_val_split,
+        data_args.max_eval_samples, seed=seed,
+    )
+    return data
+
+
+def prepare_training_data(
+    data: PretrainingData, views: MultiCropConfig, augment_on_device: bool, data_args: DataArguments
+) -> tuple[datasets.Dataset | datasets.IterableDataset, int | None]:
+    """
+    The training dataset with robust decoding and its views made on the fly (no preprocessing pass; bad images skipped
+    and counted): by the DataLoader workers, or, with `augment_on_device`, cut and augmented by the trainer on the
+    device from images the workers only decode and resize once. Also the number of classes for the online probe
+    (`None` without labels, and for streams).
+    """
+    transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
+    logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
+    num_labels = None
+    if data.label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
+        num_labels = data.train.features[data.label_column].num_classes
+    train_dataset = prepare_pretraining_dataset(
+        data.train,
+        transform,
+        data.image_column,
+        data.label_column if num_labels else None,
+        counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
+    )
+    return train_dataset, num_labels
+
+
+def configure_data_loading(training_args: LeJepaTrainingArguments, streaming: bool, given: set[str]) -> None:
+    """Streams: each process reads its own shards (Accelerate must not dispatch batches from process 0). Map-style
+    data: persistent workers unless `--dataloader_persistent_workers` is given."""
+    if streaming:
+        training_args.accelerator_config.dispatch_batches = False
+    elif training_args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in given:
+        # Keep the workers between epochs instead of starting them again (the sampler runs in the main process, so
+        # every epoch is still shuffled afresh). Not for streams: workers would keep their epoch.
+        training_args.dataloader_persistent_workers = True
+
+
+def prepare_eval_dataset(
+    data: PretrainingData, views: MultiCropConfig, data_args: DataArguments, do_eval: bool
+) -> datasets.Dataset | None:
+    """The validation set with fixed views of each image (made by the workers, seeded by its index, on every path),
+    or `None`; `--do_eval` without validation data is an error."""
+    if data.validation is not None:
+        return prepare_validation_dataset(
+            data.validation, MultiCropTransform(views), data.validation_image_column,
+            counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
+        )
+    if do_eval:
+        raise ValueError(
+            "`--do_eval` (or `--eval_strategy`) needs validation data: pass `--validation_split`, `--validation_dir` "
+            "or `--train_val_split`."
+        )
+    return None
+
+
+def load_knn_splits(
+    data: PretrainingData, num_labels: int | None, data_args: DataArguments, model_args: ModelArguments
+) -> list[tuple[Any, str, str | None]] | None:
+    """The reference and the evaluated split of the evaluation-time k-NN accuracy, each `(dataset, image column,
+    label column)`: those of `--probe_dataset_name`, else, with labels in both, the training and validation data."""
+    if data_args.probe_dataset_name:
+        splits = [
+            load_pretraining_dataset(
+                dataset_name=data_args.probe_dataset_name, split=split, cache_dir=model_args.cache_dir
+            )
+            for split in (data_args.probe_train_split, data_args.probe_eval_split)
+        ]
+        if splits[0][2] is None:
+            raise ValueError(f"`--probe_dataset_name` {data_args.probe_dataset_name!r} has no label column.")
+        return splits
+    if num_labels and data.validation_label_column is not None:
+        return [(data.train, data.image_column, data.label_column),
+                (data.validation, data.validation_image_column, data.validation_label_column)]
+    return None
+
+
+def knn_accuracy_metrics(
+    knn_splits: list[tuple[Any, str, str | None]], image_processor: Any, max_samples: int
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """The trainer's `eval_embedding_metrics`: the k-NN accuracy of the frozen embeddings on fixed samples of at most
+    `max_samples` images of each of the `knn_splits` (see `load_knn_splits`)."""
+    (knn_train, image_column, label_column), (knn_eval, _, _) = knn_splits
+    return functools.partial(
+        knn_metrics,
+        train_dataset=sample_examples(knn_train, max_samples),
+        eval_dataset=sample_examples(knn_eval, max_samples),
+        image_processor=image_processor,
+        image_column_name=image_column,
+        label_column_name=label_column,
+    )
+
+
+def train(trainer: LeJepaTrainer, training_args: LeJepaTrainingArguments) -> None:
+    """
+    Trains, resuming from the last complete checkpoint of `output_dir` (half-written ones are skipped) unless
+    `--overwrite_output_dir`, then saves the model (the best checkpoint's with `--load_best_model_at_end`), the image
+    processor, the metrics and the state. Stopped by a signal, it exits with `128 + signal` after the checkpoint, which
+    the same command resumes from.
+    """
+    last_checkpoint = None
+    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        last_checkpoint = get_last_complete_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info(f"Resuming from {last_checkpoint}")
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+    if trainer.stopped_by_signal is not None:
+        logger.warning(
+            f"Stopped by {signal.Signals(trainer.stopped_by_signal).name} at step {trainer.state.global_step}; "
+            "exiting without the final save and evaluation."
+        )
+        sys.exit(128 + trainer.stopped_by_signal)
+    if trainer.state.global_step == 0:
+        raise RuntimeError(
+            "No training step was made: the data gave no usable image (see the skipped-image warnings above). "
+            "Check the data files and `--image_column_name`."
+        )
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+
+def write_model_card(
+    trainer: LeJepaTrainer, dataset_name: str | None, base_model: str | None, eval_results: dict | None
+) -> None:
+    """The model card of the run in `output_dir`: its recipe, loss and validation curves, and `eval_results`."""
+    args = trainer.args
+    build_model_card(
+        trainer.model.config,
+        args.output_dir,
+        training_args=args.to_dict() | {"world_size": args.world_size, "launch": trainer.launch_summary},
+        log_history=trainer.state.log_history,
+        eval_results=eval_results,
+        dataset_names=[dataset_name] if dataset_name else None,
+        base_model=base_model,
+        model_id=args.hub_model_id,
+    )
+
+
+def hub_base_model(model_name_or_path: str | None) -> str | None:
+    """The `base_model` of the model card: `--model_name_or_path` when it is a Hub id (a local folder is not)."""
+    if model_name_or_path and os.path.isdir(model_name_or_path):
+        return None
+    return model_name_or_path
+
+
+def main() -> None:
+    # 1. Arguments, from the command line or one JSON file; with no data argument, a built-in dataset and its recipe
+    model_args, data_args, training_args, given = parse_arguments()
+    recipe = builtin_recipe(data_args, training_args, given)
 
     # 2. Logging and seed
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -229,145 +428,34 @@ def main() -> None:
     set_seed(training_args.seed)
 
     # 3. Configuration and model
-    if model_args.model_name_or_path:
-        config = LeJepaConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    elif model_args.config_name:
-        config = LeJepaConfig.from_pretrained(model_args.config_name, cache_dir=model_args.cache_dir)
-    else:
-        if builtin is None:
-            config = LeJepaConfig.from_preset(model_args.model_preset or "vit-base-patch16")
-        else:
-            config = LeJepaConfig.from_preset(model_args.model_preset or builtin.preset, **builtin.config)
-            if model_args.model_preset is None and builtin.backbone:
-                config.backbone_config.update(builtin.backbone)
-                config = LeJepaConfig.from_dict(config.to_dict())  # validates the recipe's values
-    if model_args.config_overrides:
-        config.update_from_string(model_args.config_overrides)
-        config = LeJepaConfig.from_dict(config.to_dict())  # validates the new values
-    if model_args.attn_implementation:
-        config.backbone_config._attn_implementation = model_args.attn_implementation
-    if model_args.model_name_or_path:
-        model = LeJepaForPreTraining.from_pretrained(  # safetensors only: no pickle from a downloaded checkpoint
-            model_args.model_name_or_path, config=config, use_safetensors=True
-        )
-    else:
-        model = LeJepaForPreTraining(config)
-    if model_args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
+    config = build_pretraining_config(
+        model_args.model_name_or_path, model_args.config_name, model_args.model_preset, model_args.config_overrides,
+        model_args.attn_implementation, model_args.cache_dir, recipe,
+    )
+    model = load_model(config, model_args)
 
     # 4. Image processor: its mean/std normalise the views; it is saved with the model for inference
-    if model_args.image_processor_name:
-        image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name)
-    else:
-        image_processor = default_image_processor(config.global_image_size)
+    image_processor = load_image_processor(model_args.image_processor_name, config.global_image_size)
 
-    # 5. Data: multi-crop views made on the fly (no preprocessing pass), bad images skipped and counted. With
-    #    --augment_on_device (the default on accelerators) the workers only decode and resize each image once, and
-    #    the trainer cuts and augments the views on the device; otherwise the workers make the views.
-    validation, validation_image_column, validation_label_column = None, None, None
-    if builtin is not None:
-        # Fixed splits (seed 0), the same as run_evaluation.py's: the test images are never pretrained on; they are
-        # the validation images.
-        builtin_data = load_builtin_dataset(data_args.builtin_dataset, image_size=data_args.builtin_image_size)
-        train_dataset, validation = builtin_data["train"], builtin_data["test"]
-        image_column, label_column = validation_image_column, validation_label_column = "image", "label"
-    else:
-        train_dataset, image_column, label_column = load_pretraining_dataset(
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_dir=data_args.train_dir,
-            data_files=data_args.data_files,
-            split=data_args.train_split,
-            image_column_name=data_args.image_column_name,
-            streaming=data_args.streaming,
-            cache_dir=model_args.cache_dir,
-            seed=training_args.seed,
-            shuffle_buffer_size=data_args.shuffle_buffer_size,
-        )
-        if data_args.validation_split or data_args.validation_dir:
-            validation, validation_image_column, validation_label_column = load_pretraining_dataset(
-                dataset_name=None if data_args.validation_dir else data_args.dataset_name,
-                dataset_config_name=data_args.dataset_config_name,
-                train_dir=data_args.validation_dir,
-                data_files=None if data_args.validation_dir else data_args.data_files,
-                split=data_args.validation_split or "train",
-                image_column_name=data_args.image_column_name,
-                streaming=data_args.streaming,
-                cache_dir=model_args.cache_dir,
-                shuffle_buffer_size=1,  # a fixed order (the loader's default seed, not --seed), no buffer
-            )
-        elif data_args.train_val_split:
-            validation_image_column, validation_label_column = image_column, label_column
-    # A fixed validation set (held out of the training data with --train_val_split), see split_validation_dataset
-    train_dataset, validation = split_validation_dataset(
-        train_dataset, validation_image_column or image_column, validation, data_args.train_val_split,
-        data_args.max_eval_samples, seed=training_args.seed,
-    )
+    # 5. Data: the training and validation splits, the multi-crop views (in the DataLoader workers, or on the device
+    #    with --augment_on_device, the default on accelerators)
+    data = load_data(data_args, model_args, training_args.seed, builtin=recipe is not None)
     views = MultiCropConfig.from_lejepa_config(
-        config, image_processor=image_processor, **(builtin.transform if builtin is not None else {})
+        config, image_processor=image_processor, **(recipe.transform if recipe is not None else {})
     )
     augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
-    transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
-    logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
-    num_labels = None
-    if label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
-        num_labels = train_dataset.features[label_column].num_classes
-    labelled_train_dataset = train_dataset if num_labels else None  # undecorated, for the k-NN below
-    train_dataset = prepare_pretraining_dataset(
-        train_dataset,
-        transform,
-        image_column,
-        label_column if num_labels else None,
-        counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
-    )
-    if data_args.streaming:
-        # Each process reads its own shards: Accelerate must not dispatch batches from process 0.
-        training_args.accelerator_config.dispatch_batches = False
-    elif training_args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in given:
-        # Map-style data: keep the workers between epochs instead of starting them again (the sampler runs in the
-        # main process, so every epoch is still shuffled afresh). Not for streams: workers would keep their epoch.
-        training_args.dataloader_persistent_workers = True
+    train_dataset, num_labels = prepare_training_data(data, views, augment_on_device, data_args)
+    configure_data_loading(training_args, data_args.streaming, given)
 
-    # 6. Validation: the loss on fixed views of each validation image (seeded by its index), and with labelled data
-    # (--probe_dataset_name, or labels in both the training and the validation data) the k-NN accuracy of the frozen
-    # embeddings, computed as run_evaluation.py does
-    eval_dataset, eval_embedding_metrics = None, None
-    if validation is not None:
-        eval_dataset = prepare_validation_dataset(  # views made by the workers, seeded by index, on every path
-            validation, MultiCropTransform(views), validation_image_column,
-            counter=BadSampleCounter(max_bad_fraction=data_args.max_bad_fraction),
-        )
-    elif training_args.do_eval:
-        raise ValueError(
-            "`--do_eval` (or `--eval_strategy`) needs validation data: pass `--validation_split`, `--validation_dir` "
-            "or `--train_val_split`."
-        )
-    knn_splits = None
-    if data_args.probe_dataset_name:
-        knn_splits = [
-            load_pretraining_dataset(
-                dataset_name=data_args.probe_dataset_name, split=split, cache_dir=model_args.cache_dir
-            )
-            for split in (data_args.probe_train_split, data_args.probe_eval_split)
-        ]
-        if knn_splits[0][2] is None:
-            raise ValueError(f"`--probe_dataset_name` {data_args.probe_dataset_name!r} has no label column.")
-    elif labelled_train_dataset is not None and validation_label_column is not None:
-        knn_splits = [(labelled_train_dataset, image_column, label_column),
-                      (validation, validation_image_column, validation_label_column)]
+    # 6. Validation: the loss on fixed views of each validation image, and with labelled data the k-NN accuracy of the
+    #    frozen embeddings, computed as run_evaluation.py does
+    eval_dataset = prepare_eval_dataset(data, views, data_args, training_args.do_eval)
+    knn_splits = load_knn_splits(data, num_labels, data_args, model_args)
+    eval_embedding_metrics = None
     if training_args.do_eval and knn_splits is not None:
-        (knn_train, knn_image_column, knn_label_column), (knn_eval, _, _) = knn_splits
-        eval_embedding_metrics = functools.partial(
-            knn_metrics,
-            train_dataset=sample_examples(knn_train, data_args.max_probe_samples),
-            eval_dataset=sample_examples(knn_eval, data_args.max_probe_samples),
-            image_processor=image_processor,
-            image_column_name=knn_image_column,
-            label_column_name=knn_label_column,
-        )
+        eval_embedding_metrics = knn_accuracy_metrics(knn_splits, image_processor, data_args.max_probe_samples)
 
-    # 7. Trainer, resuming from the last checkpoint of output_dir if there is one
+    # 7. Trainer
     trainer = LeJepaTrainer(
         model=model,
         args=training_args,
@@ -380,30 +468,10 @@ def main() -> None:
         augment_on_device=augment_on_device,
         device_views=DeviceMultiCrop(views) if augment_on_device else None,
     )
-    if training_args.do_train:
-        last_checkpoint = None
-        if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-            last_checkpoint = get_last_complete_checkpoint(training_args.output_dir)  # skips half-written ones
-            if last_checkpoint is not None:
-                logger.info(f"Resuming from {last_checkpoint}")
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
-        if trainer.stopped_by_signal is not None:  # checkpoint saved; the same command resumes from it
-            logger.warning(
-                f"Stopped by {signal.Signals(trainer.stopped_by_signal).name} at step {trainer.state.global_step}; "
-                "exiting without the final save and evaluation."
-            )
-            sys.exit(128 + trainer.stopped_by_signal)
-        if trainer.state.global_step == 0:
-            raise RuntimeError(
-                "No training step was made: the data gave no usable image (see the skipped-image warnings above). "
-                "Check the data files and `--image_column_name`."
-            )
 
-        # 8. Save the model (the best checkpoint's with --load_best_model_at_end), the image processor, the metrics
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
+    # 8. Training, resuming from the last complete checkpoint of output_dir; the final model, metrics and state
+    if training_args.do_train:
+        train(trainer, training_args)
 
     # 9. Validation loss (and k-NN accuracy) of the final model, or of --model_name_or_path alone: eval_results.json
     if training_args.do_eval:
@@ -413,52 +481,19 @@ def main() -> None:
     if not training_args.do_train:
         return
 
-    # 10. Built-in data: k-NN and linear probe of the learned embeddings, of a random backbone of the same shape and
-    # of the raw pixels at the model's input resolution, all through the same frozen-embedding protocol
+    # 10. Built-in data: k-NN and linear probe of the learned embeddings, of a random backbone and of the raw pixels
     eval_results = None
-    if builtin is not None and data_args.builtin_evaluation and trainer.is_world_process_zero():
-        train_split, test_split = builtin_data["train"], builtin_data["test"]
-        description = BUILTIN_DATASETS[data_args.builtin_dataset].description
-        trained = evaluate_embeddings(
-            model.lejepa, train_split, test_split, image_processor,
-            spectrum_plot_path=os.path.join(training_args.output_dir, "embedding_spectrum.png"),
+    if recipe is not None and data_args.builtin_evaluation and trainer.is_world_process_zero():
+        eval_results = evaluate_builtin_dataset(
+            model, data_args.builtin_dataset, data.builtin, image_processor, training_args.output_dir,
+            training_args.seed,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(training_args.seed)
-            random_backbone = LeJepaForPreTraining(config).lejepa
-        random_init = evaluate_embeddings(random_backbone, train_split, test_split, image_processor)
-        raw_pixels = evaluate_embeddings(
-            RawPixelEmbedding(config.global_image_size), train_split, test_split, image_processor
-        )
-        eval_results = {
-            **trained, "dataset_name": data_args.builtin_dataset, "dataset_display_name": description,
-            "train_split": "train", "eval_split": "test", "random_init_baseline": random_init,
-            "raw_pixel_baseline": raw_pixels,
-        }
-        raw_name = f"raw pixels {config.global_image_size} px"
-        rows = (("LeJEPA", trained), ("random init", random_init), (raw_name, raw_pixels))
-        print(f"\n{description}, frozen embeddings, {len(test_split)} test images:")
-        for name, result in rows:
-            print(
-                f"  {name:<16} k-NN {result['knn_accuracy']:.3f}   linear probe {result['linear_probe_accuracy']:.3f}"
-            )
+        print(format_builtin_evaluation(eval_results, config.global_image_size, len(data.builtin["test"])))
 
     # 11. The model card (recipe, loss and validation curves, evaluation), then the Hub
-    base_model = model_args.model_name_or_path
-    if base_model and os.path.isdir(base_model):  # only a Hub id is a valid `base_model`
-        base_model = None
+    base_model = hub_base_model(model_args.model_name_or_path)
     if trainer.is_world_process_zero():
-        build_model_card(
-            config,
-            training_args.output_dir,
-            training_args=training_args.to_dict()
-            | {"world_size": training_args.world_size, "launch": trainer.launch_summary},
-            log_history=trainer.state.log_history,
-            eval_results=eval_results,
-            dataset_names=[data_args.dataset_name] if data_args.dataset_name else None,
-            base_model=base_model,
-            model_id=training_args.hub_model_id,
-        )
+        write_model_card(trainer, data_args.dataset_name, base_model, eval_results)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name, finetuned_from=base_model)
 

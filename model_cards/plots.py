@@ -12,8 +12,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
+
+try:
+    import matplotlib
+except ImportError as error:
+    raise ImportError(
+        "The model card's figures need matplotlib: `pip install 'lejepa-hf[train]'` (or `[eval]`, or `pip install "
+        "matplotlib`)."
+    ) from error
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)

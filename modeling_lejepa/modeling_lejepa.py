@@ -250,6 +250,21 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         self._forward_calls = 0
         self.post_init()
 
+    @staticmethod
+    def _views_by_resolution(
+        pixel_values: torch.Tensor, local_pixel_values: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """The global views, then the local ones when there are any, each `(B, V, C, H, W)`, of the same images."""
+        views = [pixel_values]
+        if local_pixel_values is not None and local_pixel_values.shape[1] > 0:
+            if local_pixel_values.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"`local_pixel_values` has {local_pixel_values.shape[0]} images but `pixel_values` "
+                    f"{pixel_values.shape[0]}."
+                )
+            views.append(local_pixel_values)
+        return views
+
     @can_return_tuple
     def forward(
         self,
@@ -301,13 +316,7 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
         batch_size, num_global = pixel_values.shape[:2]
 
         # Backbone: one pass per resolution, views stacked view-major: (V*B, C, H, W) -> (V*B, D)
-        views = [pixel_values]
-        if local_pixel_values is not None and local_pixel_values.shape[1] > 0:
-            if local_pixel_values.shape[0] != batch_size:
-                raise ValueError(
-                    f"`local_pixel_values` has {local_pixel_values.shape[0]} images but `pixel_values` {batch_size}."
-                )
-            views.append(local_pixel_values)
+        views = self._views_by_resolution(pixel_values, local_pixel_values)
         flags = _output_flags(self.config, output_hidden_states, output_attentions)
         # the global views' pass returns the requested hidden states and attentions
         backbone_outputs = [

@@ -24,7 +24,7 @@ from trainer.data import (
     split_validation_dataset,
     take_validation_examples,
 )
-from trainer.trainer import validation_batches
+from trainer.validation import validation_batches
 
 CONFIG = {"num_local_views": 2}
 

@@ -9,7 +9,8 @@ from .callbacks import (
     is_complete_checkpoint,
 )
 from .data import *  # noqa: F403  (every public name of the data package, `data.__all__`, is one of `trainer`)
-from .trainer import EVAL_SIGREG_SEED, LeJepaTrainer, NonFiniteLossError
+from .trainer import LeJepaTrainer, NonFiniteLossError
+from .validation import EVAL_SIGREG_SEED
 
 __all__ = [
     *data.__all__,

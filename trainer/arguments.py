@@ -82,14 +82,11 @@ class LeJepaTrainingArguments(TrainingArguments):
         default="raise", metadata={"help": "On a NaN/Inf loss: 'raise' (stop, naming the step) or 'skip' the step."}
     )
     collapse_std_threshold: float = field(
-        default=1e-3,
-        metadata={"help": "Warn of a collapse when the embeddings' mean per-dimension standard deviation is below."},
+        default=1e-3, metadata={"help": "Warn of a collapse below this mean per-dimension std of the embeddings."}
     )
     save_on_sigterm: bool = field(
-        default=True,
-        metadata={"help": "On SIGTERM: save a checkpoint at the end of the step, stop, and exit with code 143."},
+        default=True, metadata={"help": "On SIGTERM: save a checkpoint at the end of the step, stop (exit code 143)."}
     )
-
     augment_on_device: bool | None = field(
         default=None,
         metadata={

@@ -25,9 +25,9 @@ import threading
 from typing import Any
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object
-from transformers import TrainerCallback, TrainerState
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object, is_torchdata_stateful_dataloader_available
+from transformers import TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -251,6 +251,30 @@ class StreamStateCallback(TrainerCallback, ExportableState):
         self._capture(args, control, train_dataloader)
 
 
+def stream_state_callback(accelerator: Accelerator, args: TrainingArguments) -> StreamStateCallback | None:
+    """
+    A `StreamStateCallback` for a streamed `datasets.IterableDataset` read by a Trainer with `accelerator` and
+    `args`, with `accelerator`'s stateful DataLoader switched on, or `None` (logged) where the position cannot be
+    saved: a resumed run then re-reads the stream up to its checkpoint (Trainer's default).
+
+    Needs torchdata's `StatefulDataLoader` (torchdata 0.8, the version accelerate's
+    `is_torchdata_stateful_dataloader_available` asks for; the `train` extra), Accelerate's `use_stateful_dataloader`
+    and `datasets.IterableDataset.state_dict` (the lower bounds in setup.cfg), and `dataloader_num_workers=0`: datasets
+    5.2 (the latest version checked) restores a shuffled multi-shard stream's state before splitting its shards
+    between DataLoader workers, and fails (IndexError in `_inner_load_state_dict`).
+    """
+    if not is_torchdata_stateful_dataloader_available():
+        reason = "torchdata is not installed (`pip install lejepa-hf[train]` saves the stream position instead)"
+    elif args.dataloader_num_workers > 0:
+        reason = "the stream position is only saved with `dataloader_num_workers=0`"
+    else:
+        # Accelerate then wraps torchdata's StatefulDataLoader and records its state before its look-ahead.
+        accelerator.dataloader_config.use_stateful_dataloader = True
+        return StreamStateCallback()
+    logger.info(f"A resumed run will re-read the stream up to its checkpoint (Trainer's default), as {reason}.")
+    return None
+
+
 def read_stream_states(checkpoint: str | os.PathLike) -> list[Any] | None:
     """The per-process DataLoader states a `StreamStateCallback` saved in `checkpoint`, or `None`."""
     state = _load_trainer_state(checkpoint)
@@ -270,4 +294,5 @@ __all__ = [
     "get_last_complete_checkpoint",
     "is_complete_checkpoint",
     "read_stream_states",
+    "stream_state_callback",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 import types
 from collections.abc import Callable
@@ -13,14 +12,11 @@ from typing import Any
 import datasets
 import safetensors.torch
 import torch
-import transformers.trainer
-from accelerate.utils import broadcast, is_torchdata_stateful_dataloader_available
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, HubStrategy, SaveStrategy
-from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, PushInProgress, logging
+from transformers.trainer_utils import EvalLoopOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
 from .arguments import check_nonfinite_policy, lejepa_option, resolve_augment_on_device
 from .callbacks import (
@@ -30,25 +26,25 @@ from .callbacks import (
     get_last_complete_checkpoint,
     is_complete_checkpoint,
     read_stream_states,
+    stream_state_callback,
 )
 from .data.device_views import DeviceMultiCrop, view_generator
+from .hub import check_hub_strategy, push_from_checkpoint, write_training_args
 from .launch import LaunchCheckCallback, freeze_unused_parameters, plain_model_for_saving
 from .throughput import TrainingFlops, peak_flops
+from .validation import (
+    EVAL_SIGREG_SEED,
+    broadcast_buffers,
+    validation_dataloader,
+    validation_metrics,
+    weighted_loss_terms,
+)
 
 logger = logging.get_logger(__name__)
 
 PROBE_WEIGHTS_NAME = "probe.safetensors"  # the online probe's weights, in each checkpoint
-TRAINING_ARGS_JSON_NAME = "training_args.json"  # instead of Trainer's pickled `training_args.bin`
-# Never uploaded: Trainer's private files, the checkpoints (optimizer, scheduler and RNG states are pickles that only
-# resuming needs) and any pickle.
-HUB_IGNORE_PATTERNS = ["_*", f"{PREFIX_CHECKPOINT_DIR}-*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
-# hub_strategy values that upload checkpoint folders, with their pickled optimizer, scheduler and RNG states
-_CHECKPOINT_HUB_STRATEGIES = (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
 # Per-window sums of the loss terms (and of the online probe), logged next to Trainer's own `loss`.
 _METRICS = ("prediction_loss", "sigreg_loss", "probe_loss", "probe_accuracy", "embedding_std")
-# Seed of SIGReg's directions in evaluation: a constant, not the step, so that every evaluation of every run uses the
-# same directions.
-EVAL_SIGREG_SEED = 2**31 - 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -126,15 +122,7 @@ class LeJepaTrainer(Trainer):
     ):
         if on_nonfinite_loss is not None:
             check_nonfinite_policy(on_nonfinite_loss)
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if training_args is not None and training_args.push_to_hub and (
-            training_args.hub_strategy in _CHECKPOINT_HUB_STRATEGIES
-        ):  # before Trainer creates the Hub repository
-            raise ValueError(
-                f"`hub_strategy={training_args.hub_strategy.value!r}` uploads checkpoint folders, whose optimizer, "
-                "scheduler and RNG states are pickles that only resuming needs. Use `--hub_strategy every_save` (the "
-                "model, its code and card at every save) or `end`, and keep the checkpoints local."
-            )
+        check_hub_strategy(kwargs.get("args", args[1] if len(args) > 1 else None))  # before the Hub repository
         super().__init__(*args, **kwargs)
         self.on_nonfinite_loss = lejepa_option(self.args, "on_nonfinite_loss", on_nonfinite_loss)
         self.collapse_std_threshold = lejepa_option(self.args, "collapse_std_threshold", collapse_std_threshold)
@@ -167,24 +155,11 @@ class LeJepaTrainer(Trainer):
             self.add_callback(self.graceful_shutdown)
         self.launch_summary: str | None = None  # what is in effect, set at the start of training (LaunchCheckCallback)
         self.add_callback(LaunchCheckCallback(self))
-        self.stream_state_callback = None
+        self.stream_state_callback: StreamStateCallback | None = None  # streams: their position in checkpoints
         if isinstance(self.train_dataset, datasets.IterableDataset):
-            if not is_torchdata_stateful_dataloader_available():
-                reason = "torchdata is not installed (`pip install torchdata` saves the stream position instead)"
-            elif self.args.dataloader_num_workers > 0:
-                # datasets 5.2 restores a shuffled multi-shard stream's state before splitting its shards between
-                # DataLoader workers, and fails (IndexError in `_inner_load_state_dict`).
-                reason = "the stream position is only saved with `dataloader_num_workers=0`"
-            else:
-                reason = None
-                # Accelerate then wraps torchdata's StatefulDataLoader and records its state before its look-ahead.
-                self.accelerator.dataloader_config.use_stateful_dataloader = True
-                self.stream_state_callback = StreamStateCallback()
+            self.stream_state_callback = stream_state_callback(self.accelerator, self.args)
+            if self.stream_state_callback is not None:
                 self.add_callback(self.stream_state_callback)
-            if reason is not None:
-                logger.info(
-                    f"A resumed run will re-read the stream up to its checkpoint (Trainer's default), as {reason}."
-                )
 
     @property
     def stopped_by_signal(self) -> int | None:
@@ -238,13 +213,14 @@ class LeJepaTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        # `save_pretrained` writes checkpoints in the original (transformers 4) key layout, e.g. ViT's
-        # `encoder.layer.0.attention.attention.query`, but `Trainer._load_from_checkpoint` (5.24) loads them with a
-        # plain non-strict `load_state_dict`: the renamed backbone keys would be skipped with a warning and the run
-        # would go on from the *initial* backbone weights. `from_pretrained` applies the key conversion; the result
-        # is loaded strictly.
+        # transformers 5's `save_pretrained` writes checkpoints in the original (transformers 4) key layout
+        # (`save_original_format=True`), e.g. ViT's `encoder.layer.0.attention.attention.query`, but
+        # `Trainer._load_from_checkpoint` (transformers 5.24, the lower bound in setup.cfg) loads them with a plain
+        # non-strict `load_state_dict`: the renamed backbone keys would be skipped with a warning and the run would go
+        # on from the *initial* backbone weights. `from_pretrained` applies the key conversion; the result is loaded
+        # strictly (also right for a Trainer that converts the keys itself).
         target = self.model if model is None else model
-        weights = ("model.safetensors", "model.safetensors.index.json")
+        weights = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
         if (
             isinstance(target, PreTrainedModel)
             and any(os.path.isfile(os.path.join(resume_from_checkpoint, name)) for name in weights)
@@ -275,7 +251,7 @@ class LeJepaTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
 
     def _load_best_model(self) -> None:
-        # Trainer's own version has the same non-strict load as `_load_from_checkpoint` (see there).
+        # Trainer's own version (5.24) has the same non-strict load as `_load_from_checkpoint` (see there).
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_best_model()
         logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
@@ -473,27 +449,12 @@ class LeJepaTrainer(Trainer):
     def get_eval_dataloader(self, eval_dataset: str | Any | None = None) -> DataLoader:
         """
         The evaluation DataLoader of this process: its share of each block of `eval_batch_size * world_size`
-        consecutive validation images (see `validation_batches`), not sharded again by Accelerate.
+        consecutive validation images (see `trainer.validation.validation_batches`), not sharded again by Accelerate.
         """
         if isinstance(eval_dataset, str):
             eval_dataset = self.eval_dataset[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise ValueError("Evaluation needs an eval_dataset (run_pretraining.py: `--validation_split`, ...).")
-        if not hasattr(dataset, "__len__"):
-            raise ValueError(
-                "LeJEPA's evaluation needs a validation set of known size, fixed across evaluations; take a fixed "
-                "number of examples of a stream (`trainer.data.take_validation_examples`)."
-            )
-        world, rank = self.args.world_size, self.args.process_index
-        batches = validation_batches(len(dataset), self.args.eval_batch_size * world, world, rank)
-        return DataLoader(
-            dataset,
-            batch_sampler=batches,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-        )
+        return validation_dataloader(dataset, self.args, self.data_collator)
 
     def evaluation_loop(
         self,
@@ -508,10 +469,7 @@ class LeJepaTrainer(Trainer):
         was_training = model.training
         model.eval()
         if self.accelerator.num_processes > 1 and not self.is_fsdp_enabled:
-            # After a training step each process holds its own BatchNorm running statistics (DDP broadcasts those of
-            # process 0 at the start of the next one): evaluate with process 0's, which are also the saved ones.
-            for buffer in self.model.buffers():
-                broadcast(buffer, from_process=0)  # in place
+            broadcast_buffers(self.model)  # BatchNorm statistics of process 0
         self.callback_handler.eval_dataloader = dataloader
         # sums over this process's images of the loss, its two terms and 1
         totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
@@ -524,24 +482,16 @@ class LeJepaTrainer(Trainer):
                         local_pixel_values=inputs.get("local_pixel_values"),
                         step=EVAL_SIGREG_SEED,
                     )
-                count = inputs["pixel_values"].shape[0]
-                # the prediction term is a mean over this process's images; SIGReg is that of the whole block
-                terms = torch.stack([outputs.loss, outputs.prediction_loss, outputs.sigreg_loss]).double()
-                totals += torch.cat([terms * count, terms.new_tensor([count])])
+                totals += weighted_loss_terms(outputs, inputs["pixel_values"].shape[0])
                 self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, "sum")
-        loss, prediction, sigreg, count = totals.tolist()
-        metrics = {
-            f"{metric_key_prefix}_loss": loss / count,
-            f"{metric_key_prefix}_prediction_loss": prediction / count,
-            f"{metric_key_prefix}_sigreg_loss": sigreg / count,
-        }
+        metrics, count = validation_metrics(totals, metric_key_prefix)
         if self.eval_embedding_metrics is not None:
             extra = self.eval_embedding_metrics(self.accelerator.unwrap_model(self.model))
             metrics.update({f"{metric_key_prefix}_{name}": value for name, value in extra.items()})
         model.train(was_training)
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(count))
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=count)
 
     # ----------------------------------------------------------------------------------------------------- logging
     def _accumulate(self, name: str, value: torch.Tensor) -> None:
@@ -628,84 +578,8 @@ class LeJepaTrainer(Trainer):
         # the final folder and every checkpoint carry them as JSON instead.
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            self._write_training_args(output_dir if output_dir is not None else self.args.output_dir)
-
-    def _write_training_args(self, folder: str) -> None:
-        pickled = os.path.join(folder, TRAINING_ARGS_NAME)
-        if os.path.isfile(pickled):
-            os.remove(pickled)
-        with open(os.path.join(folder, TRAINING_ARGS_JSON_NAME), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string())
+            write_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """
-        An intermediate push (`hub_strategy="every_save"`): the checkpoint's model (config, weights, the remote code),
-        the image processor, the training arguments as JSON and our model card, and never a pickle. Trainer's own
-        version copies config and weights only (no custom code, so the revision would not load with
-        `trust_remote_code=True`) and pickles the training arguments just before uploading.
-        """
-        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
-            return
-        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
-            return
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        output_dir = self.args.output_dir
-        for name in os.listdir(checkpoint_folder):
-            if name.endswith((".py", ".safetensors")) or name in (CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME):
-                shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        self._write_training_args(output_dir)
-        self.create_model_card()
-        if self.args.save_strategy == SaveStrategy.STEPS:
-            commit_message = f"Training in progress, step {self.state.global_step}"
-        else:
-            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
-        job = transformers.trainer.hf_api().upload_folder(
-            repo_id=self.hub_model_id,
-            folder_path=output_dir,
-            commit_message=commit_message,
-            token=self.args.hub_token,
-            run_as_future=True,
-            ignore_patterns=HUB_IGNORE_PATTERNS,
-            revision=self.args.hub_revision,
-        )
-        if self.push_in_progress is None or self.push_in_progress.is_done():
-            self.push_in_progress = PushInProgress([job])
-        else:
-            self.push_in_progress.jobs.append(job)
-
-
-def validation_batches(
-    num_examples: int, global_batch_size: int, num_processes: int = 1, process_index: int = 0
-) -> list[list[int]]:
-    """
-    The indices that process `process_index` evaluates, batch by batch: the validation set is cut into consecutive
-    blocks of `global_batch_size` examples in index order (the last one may be smaller), and each block into
-    `num_processes` consecutive parts of near-equal size, of which this process takes one. All processes thus make the
-    same number of forward passes, and a block, the set over which SIGReg is computed, has the same images whatever
-    the number of processes. A last block with fewer images than processes is left out (with a warning).
-
-    Example:
-
-    ```python
-    >>> from trainer.trainer import validation_batches
-    >>> validation_batches(10, 4, num_processes=2, process_index=1)
-    [[2, 3], [6, 7], [9]]
-    ```
-    """
-    if global_batch_size < num_processes:
-        raise ValueError(f"The global eval batch ({global_batch_size}) must have at least one image per process.")
-    batches = []
-    for start in range(0, num_examples, global_batch_size):
-        block = range(start, min(start + global_batch_size, num_examples))
-        if len(block) < num_processes:
-            logger.warning(
-                f"Leaving the last {len(block)} validation image(s) out of the evaluation: fewer than the "
-                f"{num_processes} processes."
-            )
-            break
-        size, extra = divmod(len(block), num_processes)
-        first = block.start + process_index * size + min(process_index, extra)
-        batches.append(list(range(first, first + size + (process_index < extra))))
-    return batches
+        """An intermediate push with the model's code, card and JSON training arguments (`trainer.hub`)."""
+        push_from_checkpoint(self, checkpoint_folder)

@@ -144,10 +144,16 @@ def linear_probe_predict(
     if len(np.unique(train_labels)) < 2:
         raise ValueError("A linear probe needs at least two classes in the training split.")
     if method == "logistic_regression":
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-        from threadpoolctl import threadpool_limits
+        try:
+            from sklearn.exceptions import ConvergenceWarning
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.preprocessing import StandardScaler
+            from threadpoolctl import threadpool_limits
+        except ImportError as error:
+            raise ImportError(
+                "The logistic-regression probe needs scikit-learn: `pip install 'lejepa-hf[eval]'` (or `pip install "
+                "scikit-learn`)."
+            ) from error
 
         scaler = StandardScaler().fit(train_embeddings)
         classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
