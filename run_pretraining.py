@@ -38,7 +38,6 @@ from transformers import AutoImageProcessor, HfArgumentParser, set_seed
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from run_evaluation import RawPixelEmbedding, default_image_processor, evaluate_embeddings, knn_metrics
 from trainer import (
     BUILTIN_DATASETS,
     BadSampleCounter,
@@ -58,6 +57,7 @@ from trainer import (
     sample_examples,
     split_validation_dataset,
 )
+from trainer.evaluation import RawPixelEmbedding, default_image_processor, evaluate_embeddings, knn_metrics
 
 logger = logging.getLogger(__name__)
 
