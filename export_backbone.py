@@ -14,9 +14,7 @@ python export_backbone.py CHECKPOINT OUTPUT_DIR [--model_id org/name-backbone] [
 ```
 """
 
-import sys
-
-from trainer.cli import export_main
+from trainer.cli import export_command
 
 if __name__ == "__main__":
-    export_main(sys.argv[1:])
+    export_command()

@@ -15,9 +15,7 @@ Examples:
         --image_column_name img --eval_split test --output_file cifar10_eval.json
 """
 
-import sys
-
-from trainer.cli import evaluate_main
+from trainer.cli import evaluate_command
 
 if __name__ == "__main__":
-    evaluate_main(sys.argv[1:])
+    evaluate_command()

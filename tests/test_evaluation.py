@@ -190,8 +190,8 @@ def test_scripts_are_the_installed_commands():
     lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
     commands = dict(line.replace(" ", "").split("=") for line in lines)
     assert commands == {
-        "lejepa-evaluate": "trainer.cli:evaluate_main",
-        "lejepa-export-backbone": "trainer.cli:export_main",
+        "lejepa-evaluate": "trainer.cli:evaluate_command",
+        "lejepa-export-backbone": "trainer.cli:export_command",
     }
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     for script, options in (("run_evaluation.py", ("--model_name_or_path", "--knn_k", "--linear_probe")),

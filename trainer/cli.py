@@ -1,7 +1,8 @@
 """
 The command-line tools that act on finished checkpoints, installed as console commands (see `setup.cfg`):
-`lejepa-evaluate` (`evaluate_main`, also `python run_evaluation.py` in a clone) and `lejepa-export-backbone`
-(`export_main`, also `python export_backbone.py`). The work is done by `trainer.evaluation` and `trainer.export`.
+`lejepa-evaluate` (`evaluate_command`, also `python run_evaluation.py` in a clone) and `lejepa-export-backbone`
+(`export_command`, also `python export_backbone.py`). `evaluate_main` and `export_main` take the arguments as a list
+and return what they made; the work is done by `trainer.evaluation` and `trainer.export`.
 """
 
 from __future__ import annotations
@@ -316,6 +317,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def evaluate_command() -> None:
+    """The `lejepa-evaluate` console command: `evaluate_main` on the command line (a console script's return value
+    is its exit status, so the results are not returned)."""
+    evaluate_main()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # lejepa-export-backbone
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,4 +369,18 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
     return output_dir
 
 
-__all__ = ["EvaluationArguments", "ExportArguments", "evaluate_main", "export_main", "load_model", "load_splits"]
+def export_command() -> None:
+    """The `lejepa-export-backbone` console command: `export_main` on the command line."""
+    export_main()
+
+
+__all__ = [
+    "EvaluationArguments",
+    "ExportArguments",
+    "evaluate_command",
+    "evaluate_main",
+    "export_command",
+    "export_main",
+    "load_model",
+    "load_splits",
+]
