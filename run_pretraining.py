@@ -42,7 +42,6 @@ from transformers.utils import check_min_version
 
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from run_evaluation import default_image_processor, knn_metrics
 from trainer import (
     BadSampleCounter,
     DecodeResizeTransform,
@@ -60,6 +59,7 @@ from trainer import (
 )
 from trainer.arguments import LeJepaTrainingArguments
 from trainer.callbacks import get_last_complete_checkpoint
+from trainer.evaluation import default_image_processor, knn_metrics
 from trainer.recipes import (
     BUILTIN_RECIPES,
     BuiltinRecipe,

@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining  # noqa: E402
-from run_evaluation import RawPixelEmbedding, default_image_processor, evaluate_embeddings  # noqa: E402
 from trainer import MultiCropCollator, MultiCropTransform, load_photos_dataset, prepare_pretraining_dataset  # noqa: E402
+from trainer.evaluation import RawPixelEmbedding, default_image_processor, evaluate_embeddings  # noqa: E402
 
 CANDIDATES = {
     "vit-tiny-test (h32, 2 layers), 6 local": ({}, {}),
@@ -82,7 +82,7 @@ def measure(name: str, config: LeJepaConfig, train, batch_size: int, repeats: in
     data, step_time = statistics.median(data_times), statistics.median(model_times[1:])
     return {
         "candidate": name,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": model.num_parameters(),
         "data_cpu_s": data,
         "model_cpu_s": step_time,
         "estimate_s": steps * (data + step_time) / cores,

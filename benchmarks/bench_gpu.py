@@ -320,7 +320,7 @@ def _run_model_once(
     build_start = time.perf_counter()
     model = build_model(name, args, device, attn)
     config = model.config
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = model.num_parameters()
     inputs = synthetic_views(config, batch_size, device, args.channels_last)
     build_time = time.perf_counter() - build_start
 

@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     config = build_config(args)
     initial = LeJepaForPreTraining(config)
-    num_parameters = sum(p.numel() for p in initial.parameters())
+    num_parameters = initial.num_parameters()
     dataset = InMemoryViews(config, args.pool_size, args.batch_size * max(args.steps, args.check_steps), args.seed)
 
     check = {"steps": 0, "loss_diff": float("nan"), "weight_diff": float("nan"), "weight_change": float("nan"),

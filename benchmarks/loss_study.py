@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining  # noqa: E402
-from run_evaluation import default_image_processor, evaluate_embeddings  # noqa: E402
 from trainer import (  # noqa: E402
     LeJepaTrainer,
     LeJepaTrainingArguments,
@@ -45,6 +44,7 @@ from trainer import (  # noqa: E402
     prepare_pretraining_dataset,
 )
 from trainer.data import prepare_validation_dataset  # noqa: E402
+from trainer.evaluation import default_image_processor, evaluate_embeddings  # noqa: E402
 
 # The reference run; every other run changes one or two of these (the built-in digits recipe of run_pretraining.py,
 # shortened).

@@ -3,7 +3,8 @@
 `build_model_card` writes the `README.md` of a LeJEPA checkpoint: Hub metadata (`library_name`, `pipeline_tag`,
 tags, datasets, license, base model, `model-index`), how to load it, the full training recipe, the loss curves, the
 evaluation results with the embedding spectrum, and the citation. `update_model_card` adds evaluation results to an
-existing card, and `build_backbone_model_card` writes the card of a backbone exported by `export_backbone.py`.
+existing card, and `build_backbone_model_card` writes the card of a backbone exported by `trainer.export` (the
+`lejepa-export-backbone` command). The evaluation section and the results behind it are `evaluation_section`'s.
 
 The raw evaluation results rendered in a card are kept beside it in `lejepa_eval_results.json`, so that evaluations
 on several datasets accumulate and a card rebuilt later keeps them.
@@ -12,39 +13,38 @@ on several datasets accumulate and a card rebuilt later keeps them.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import AutoModel, PreTrainedConfig
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import PreTrainedConfig
 
+from modeling_lejepa import CLS_TOKEN_BACKBONES, build_backbone, embedding_size, input_image_size, uses_cls_token
+
+from .evaluation_section import (
+    EVAL_RESULTS_NAME,
+    EVAL_SECTION_END,
+    EVAL_SECTION_START,
+    as_result_list,
+    hub_eval_results,
+    merge_results,
+    read_results,
+    render_evaluation_section,
+    splice_evaluation_section,
+    write_results,
+)
 from .plots import plot_embedding_spectrum, plot_loss_curves
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 CARD_TEMPLATE = TEMPLATE_DIR / "template.md"
 BACKBONE_CARD_TEMPLATE = TEMPLATE_DIR / "backbone_template.md"
-EVAL_SECTION_TEMPLATE = TEMPLATE_DIR / "eval_section.md"
 
 LOSS_PLOT_NAME = "loss_curves.png"
 SPECTRUM_PLOT_NAME = "embedding_spectrum.png"
-EVAL_RESULTS_NAME = "lejepa_eval_results.json"
-# The baselines that `run_evaluation` adds to a result, as rows of the card's evaluation table, in this order.
-BASELINE_ROWS = {
-    "random_init_baseline": "random init, same architecture",
-    "raw_pixel_baseline": "raw pixels (input resolution)",
-}
-RAW_PIXEL_PROTOCOL = (
-    "**Raw pixels**: the same k-NN and probe on the image as the model sees it (resized to its input resolution and "
-    "normalised), flattened."
-)
-EVAL_SECTION_START = "<!-- lejepa-evaluation:start -->"
-EVAL_SECTION_END = "<!-- lejepa-evaluation:end -->"
 
 BASE_TAGS = ["lejepa", "jepa", "self-supervised", "vision"]
 CITATION = """@article{balestriero2025lejepa,
@@ -99,8 +99,6 @@ _DISPLAY_NAMES = {
     "resnet": "ResNet",
     "timm_wrapper": "timm",
 }
-# Backbones whose LeJEPA embedding is the final-normed CLS token (built without their Linear + tanh pooler).
-CLS_TOKEN_BACKBONES = ("vit", "deit")
 
 
 def model_card_tags(backbone_type: str) -> list[str]:
@@ -120,11 +118,12 @@ def backbone_class_name(backbone_config: PreTrainedConfig) -> str:
 
 def embedding_rule(backbone_type: str, exported: bool = False) -> tuple[str, str]:
     """
-    How to read the LeJEPA image embedding off the backbone's outputs.
+    How to read the LeJEPA image embedding off the backbone's outputs, in words: `modeling_lejepa.pool_embedding`
+    for each kind of backbone (the CLS token of `CLS_TOKEN_BACKBONES`, else the backbone's own pooling).
 
     Args:
         backbone_type (`str`): `model_type` of the backbone.
-        exported (`bool`, *optional*, defaults to `False`): describe a backbone exported by `export_backbone.py` (a
+        exported (`bool`, *optional*, defaults to `False`): describe a backbone exported by `trainer.export` (a
             plain `transformers` model) rather than a `LeJepaModel`, whose `pooler_output` always is the embedding.
 
     Returns:
@@ -176,26 +175,16 @@ def _format_count(count: int) -> str:
     return str(count)
 
 
-def count_backbone_parameters(backbone_config: PreTrainedConfig) -> int | None:
-    """Parameters of the backbone that `AutoModel.from_config` builds (without the ViT pooler), counted on the meta
-    device so nothing is allocated; `None` when the model cannot be built this way (e.g. timm is missing)."""
-    kwargs = {"add_pooling_layer": False} if backbone_config.model_type in CLS_TOKEN_BACKBONES else {}
+def backbone_facts(backbone_config: PreTrainedConfig) -> tuple[int | None, int | None]:
+    """`(parameters, embedding size)` of the backbone that LeJEPA builds from `backbone_config`
+    (`modeling_lejepa.build_backbone`: without the ViT pooler; `modeling_lejepa.embedding_size`), built on the meta
+    device so that nothing is allocated; `(None, None)` when it cannot be built this way (e.g. timm is missing)."""
     try:
         with torch.device("meta"):
-            model = AutoModel.from_config(backbone_config, **kwargs)
-    except Exception:  # the count is informative only: any failure to build the model just omits it
-        return None
-    return sum(p.numel() for p in model.parameters())
-
-
-def embedding_size_of(backbone_config: PreTrainedConfig) -> int | None:
-    """Dimension of the embedding of a backbone, as `LeJepaModel.embedding_size` computes it, from its config."""
-    for name in ("num_features", "hidden_size"):
-        if isinstance(getattr(backbone_config, name, None), int):
-            return getattr(backbone_config, name)
-    if getattr(backbone_config, "hidden_sizes", None):
-        return backbone_config.hidden_sizes[-1]
-    return None
+            backbone = build_backbone(backbone_config)
+    except Exception:  # the figures are informative only: any failure to build the model just omits them
+        return None, None
+    return backbone.num_parameters(), embedding_size(backbone_config, backbone)
 
 
 def _backbone_description(backbone_config: PreTrainedConfig, num_parameters: int | None) -> str:
@@ -210,16 +199,18 @@ def _backbone_description(backbone_config: PreTrainedConfig, num_parameters: int
     return f"a {name}"
 
 
-def _backbone_rows(backbone_config: PreTrainedConfig, num_parameters: int | None) -> list[tuple[str, str]]:
+def _backbone_rows(
+    backbone_config: PreTrainedConfig, num_parameters: int | None, size: int | None
+) -> list[tuple[str, str]]:
+    """The rows of the backbone table: architecture, parameters, embedding `size`, and `BACKBONE_SETTINGS`."""
     rows = [("Architecture", f"`{backbone_class_name(backbone_config)}` (`{backbone_config.model_type}`)")]
     if num_parameters:
         rows.append(("Parameters", f"{_format_count(num_parameters)} ({num_parameters:,})"))
-    embedding_size = embedding_size_of(backbone_config)
-    if embedding_size:
-        rows.append(("Embedding size", str(embedding_size)))
+    if size:
+        rows.append(("Embedding size", str(size)))
     for name in BACKBONE_SETTINGS:
         value = getattr(backbone_config, name, None)
-        if value is not None and value != "" and not (name == "embedding_size" and value == embedding_size):
+        if value is not None and value != "" and not (name == "embedding_size" and value == size):
             rows.append((f"`{name}`", _format_value(value)))
     return rows
 
@@ -312,130 +303,6 @@ def _last_losses(log_history: Sequence[Mapping[str, Any]]) -> str | None:
     return f"Last logged values (step {last['step']}): " + ", ".join(parts) + "."
 
 
-def _as_result_list(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-    if eval_results is None:
-        return []
-    if isinstance(eval_results, Mapping):
-        return [dict(eval_results)]
-    return [dict(result) for result in eval_results]
-
-
-def _result_key(result: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (result.get("dataset_name"), result.get("dataset_config_name"), result.get("eval_split"))
-
-
-def _percent(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.2f}%"
-
-
-def _number(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{float(value):.{digits}g}"
-
-
-def _result_row(result: Mapping[str, Any], model_label: str) -> dict[str, str]:
-    dataset = result.get("dataset_display_name") or result.get("dataset_name") or "unknown"
-    if result.get("dataset_config_name"):
-        dataset += f" ({result['dataset_config_name']})"
-    splits = f"{result.get('train_split', '?')} / {result.get('eval_split', '?')}"
-    if result.get("num_train_samples") is not None and result.get("num_eval_samples") is not None:
-        splits += f" ({result['num_train_samples']} / {result['num_eval_samples']} images)"
-    rank = _number(result.get("effective_rank"), 3)
-    if result.get("embedding_size") and result.get("effective_rank") is not None:
-        rank += f" / {result['embedding_size']}"
-    return {
-        "model": model_label,
-        "dataset": dataset,
-        "splits": splits,
-        "knn": _percent(result.get("knn_accuracy")),
-        "linear": _percent(result.get("linear_probe_accuracy")),
-        "rank": rank,
-        "sigreg": _number(result.get("sigreg_statistic")),
-    }
-
-
-def render_evaluation_section(
-    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, spectrum_plot: str | None = None
-) -> str:
-    """
-    Markdown of the evaluation section of a card, between `EVAL_SECTION_START` and `EVAL_SECTION_END`.
-
-    Args:
-        eval_results (`dict` or list of `dict`, *optional*): results of `run_evaluation.evaluate_embeddings` (keys
-            such as `knn_accuracy`, `linear_probe_accuracy`, `effective_rank`, `sigreg_statistic`, `dataset_name`,
-            `eval_split`, and optionally `random_init_baseline` and `raw_pixel_baseline` with the same metrics for a
-            randomly initialised backbone of the same shape and for the raw pixels at the model's input resolution:
-            one row each, after the model's).
-        spectrum_plot (`str`, *optional*): relative path of the eigenvalue spectrum PNG to show.
-    """
-    results = _as_result_list(eval_results)
-    rows, protocols, sizes = [], [], []
-    for result in results:
-        rows.append(_result_row(result, "this model"))
-        for key, label in BASELINE_ROWS.items():
-            if isinstance(result.get(key), Mapping):
-                rows.append(_result_row({**result, **result[key]}, label))
-        for key in ("knn_protocol", "linear_probe_protocol"):
-            if result.get(key) and result[key] not in protocols:
-                protocols.append(result[key])
-        if isinstance(result.get("raw_pixel_baseline"), Mapping) and RAW_PIXEL_PROTOCOL not in protocols:
-            protocols.append(RAW_PIXEL_PROTOCOL)
-        if result.get("embedding_size") and result["embedding_size"] not in sizes:
-            sizes.append(result["embedding_size"])
-    if rows and not protocols:
-        protocols = ["k-NN and linear-probe accuracies are computed on the frozen embeddings."]
-    template = jinja2.Template(EVAL_SECTION_TEMPLATE.read_text(encoding="utf-8"))
-    return template.render(
-        rows=rows,
-        protocols=protocols,
-        embedding_sizes="/".join(str(size) for size in sizes) or "D",
-        spectrum_plot=spectrum_plot,
-    ).strip()
-
-
-def hub_eval_results(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[EvalResult]:
-    """The accuracies of `eval_results` as `huggingface_hub.EvalResult`s for the card's `model-index` (the random-init
-    and raw-pixel baselines, the effective rank and the SIGReg statistic are only in the card's body)."""
-    hub_results = []
-    for result in _as_result_list(eval_results):
-        dataset_type = result.get("dataset_name") or "unknown"
-        metrics = (
-            ("knn_accuracy", f"k-NN accuracy (k={result.get('knn_k', '?')}, frozen)"),
-            ("linear_probe_accuracy", "Linear probe accuracy (frozen)"),
-        )
-        for key, metric_name in metrics:
-            if result.get(key) is None:
-                continue
-            hub_results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    task_name="Image classification (frozen features)",
-                    dataset_type=dataset_type,
-                    dataset_name=result.get("dataset_display_name") or dataset_type,
-                    dataset_config=result.get("dataset_config_name"),
-                    dataset_split=result.get("eval_split"),
-                    metric_type="accuracy",
-                    metric_name=metric_name,
-                    metric_value=round(float(result[key]), 6),
-                )
-            )
-    return hub_results
-
-
-def _merge_results(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`old` results with those of the same dataset, configuration and split replaced by `new` ones."""
-    new_keys = {_result_key(result) for result in new}
-    return [dict(r) for r in old if _result_key(r) not in new_keys] + [dict(r) for r in new]
-
-
-def _read_results(card_dir: Path) -> list[dict[str, Any]]:
-    path = card_dir / EVAL_RESULTS_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-
-
-def _write_results(card_dir: Path, results: Sequence[Mapping[str, Any]]) -> None:
-    (card_dir / EVAL_RESULTS_NAME).write_text(json.dumps(list(results), indent=2) + "\n", encoding="utf-8")
-
-
 def _card_data(
     backbone_type: str,
     dataset_names: str | Sequence[str] | None,
@@ -466,9 +333,60 @@ def _save(card: ModelCard, path: Path) -> None:
     card.save(path)
 
 
-def _image_size(model_config: PreTrainedConfig) -> int:
-    size = getattr(model_config, "global_image_size", None) or getattr(model_config, "image_size", None) or 224
-    return size[0] if isinstance(size, (list, tuple)) else int(size)
+def _write_card(
+    template: Path,
+    output_dir: Path,
+    backbone_type: str,
+    results: Sequence[Mapping[str, Any]],
+    dataset_names: str | Sequence[str] | None,
+    license: str | None,
+    base_model: str | None,
+    model_id: str | None,
+    **fields: Any,
+) -> ModelCard:
+    """Renders `template` with the Hub metadata, the fields every card has and `fields`, and saves it as
+    `output_dir/README.md`."""
+    model_name = model_id or output_dir.resolve().name
+    card = ModelCard.from_template(
+        _card_data(backbone_type, dataset_names, license, base_model, model_name, results),
+        template_path=str(template),
+        model_name=model_name,
+        repo_id=model_id or model_name,
+        base_model=base_model,
+        datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
+        has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
+        citation=CITATION,
+        **fields,
+    )
+    _save(card, output_dir / "README.md")
+    return card
+
+
+def _spectrum_plot(card_dir: Path, embeddings: np.ndarray | None) -> str | None:
+    """Plots the spectrum of `embeddings` beside the card when given; the plot's name when there is one."""
+    if embeddings is not None:
+        plot_embedding_spectrum(embeddings, card_dir / SPECTRUM_PLOT_NAME)
+    return SPECTRUM_PLOT_NAME if (card_dir / SPECTRUM_PLOT_NAME).is_file() else None
+
+
+def _backbone_fields(backbone_config: PreTrainedConfig) -> dict[str, Any]:
+    """The fields of the LeJEPA card's template that describe the backbone and its embedding."""
+    backbone_type = backbone_config.model_type
+    num_parameters, size = backbone_facts(backbone_config)
+    _, rule = embedding_rule(backbone_type)
+    return {
+        "backbone_description": _backbone_description(backbone_config, num_parameters),
+        "backbone_class": f"`{backbone_class_name(backbone_config)}`",
+        "embedding_size": size or "D",
+        "embedding_rule": rule,
+        "unpooled_description": (
+            "patch tokens, CLS first"
+            if uses_cls_token(backbone_config) or backbone_type.startswith("dinov2")
+            else "the last feature map"
+        ),
+        "is_vit": isinstance(getattr(backbone_config, "patch_size", None), int),
+        "backbone_rows": _backbone_rows(backbone_config, num_parameters, size),
+    }
 
 
 def build_model_card(
@@ -494,10 +412,10 @@ def build_model_card(
         log_history (list of `dict`, *optional*): `trainer.state.log_history`; when `None`, read from
             `output_dir/trainer_state.json` if there is one. Entries with `loss`, `prediction_loss` and `sigreg_loss`
             give the loss curves, `loss_curves.png`.
-        eval_results (`dict` or list of `dict`, *optional*): results of `run_evaluation.evaluate_embeddings`, shown in
-            the body and, for the accuracies, in the `model-index` metadata. They are saved in
+        eval_results (`dict` or list of `dict`, *optional*): results of `trainer.evaluation.evaluate_embeddings`,
+            shown in the body and, for the accuracies, in the `model-index` metadata. They are saved in
             `lejepa_eval_results.json`; when `None`, the results already saved there (by an earlier card or
-            `run_evaluation.py --update_model_card`) are used.
+            `lejepa-evaluate --update_model_card`) are used.
         dataset_names (`str` or list of `str`, *optional*): Hub ids of the pretraining datasets.
         base_model (`str`, *optional*): Hub id of the model this one was initialised from.
         license (`str`, *optional*, defaults to `"apache-2.0"`): license identifier.
@@ -512,54 +430,35 @@ def build_model_card(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     backbone_config = model_config.backbone_config
-    backbone_type = backbone_config.model_type
-    model_name = model_id or output_dir.resolve().name
-
     if log_history is None:
         log_history = _load_log_history(output_dir)
     log_history = list(log_history or [])
     loss_plot = plot_loss_curves(log_history, output_dir / LOSS_PLOT_NAME) if log_history else None
 
     if eval_results is not None:
-        results = _as_result_list(eval_results)
-        _write_results(output_dir, results)
+        results = as_result_list(eval_results)
+        write_results(output_dir, results)
     else:
-        results = _read_results(output_dir)
-    if embeddings is not None:
-        plot_embedding_spectrum(embeddings, output_dir / SPECTRUM_PLOT_NAME)
-    spectrum_plot = SPECTRUM_PLOT_NAME if (output_dir / SPECTRUM_PLOT_NAME).is_file() else None
+        results = read_results(output_dir)
+    spectrum_plot = _spectrum_plot(output_dir, embeddings)
 
-    num_parameters = count_backbone_parameters(backbone_config)
-    _, rule = embedding_rule(backbone_type)
-    card = ModelCard.from_template(
-        _card_data(backbone_type, dataset_names, license, base_model, model_name, results),
-        template_path=str(CARD_TEMPLATE),
-        model_name=model_name,
-        repo_id=model_id or model_name,
-        backbone_description=_backbone_description(backbone_config, num_parameters),
-        backbone_class=f"`{backbone_class_name(backbone_config)}`",
-        embedding_size=embedding_size_of(backbone_config) or "D",
-        embedding_rule=rule,
-        unpooled_description=(
-            "patch tokens, CLS first"
-            if backbone_type in CLS_TOKEN_BACKBONES or backbone_type.startswith("dinov2")
-            else "the last feature map"
-        ),
-        is_vit=isinstance(getattr(backbone_config, "patch_size", None), int),
-        image_size=_image_size(model_config),
-        has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
-        datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
-        base_model=base_model,
-        backbone_rows=_backbone_rows(backbone_config, num_parameters),
+    return _write_card(
+        CARD_TEMPLATE,
+        output_dir,
+        backbone_config.model_type,
+        results,
+        dataset_names,
+        license,
+        base_model,
+        model_id,
+        image_size=input_image_size(model_config),
         lejepa_rows=_lejepa_rows(model_config),
         training_rows=_training_rows(training_args),
         loss_plot=LOSS_PLOT_NAME if loss_plot else None,
         last_losses=_last_losses(log_history),
         evaluation_section=render_evaluation_section(results, spectrum_plot),
-        citation=CITATION,
+        **_backbone_fields(backbone_config),
     )
-    _save(card, output_dir / "README.md")
-    return card
 
 
 def update_model_card(
@@ -574,7 +473,7 @@ def update_model_card(
 
     Args:
         card_dir (`str` or `os.PathLike`): folder holding `README.md`.
-        eval_results (`dict` or list of `dict`): results of `run_evaluation.evaluate_embeddings`.
+        eval_results (`dict` or list of `dict`): results of `trainer.evaluation.evaluate_embeddings`.
         embeddings (`np.ndarray` of shape `(N, D)`, *optional*): held-out embeddings to plot as
             `embedding_spectrum.png`.
 
@@ -589,23 +488,13 @@ def update_model_card(
     if not card_path.is_file():
         raise FileNotFoundError(f"No model card at {card_path}; build one first with `build_model_card`.")
     card = ModelCard.load(card_path)
-    results = _merge_results(_read_results(card_dir), _as_result_list(eval_results))
-    _write_results(card_dir, results)
-    if embeddings is not None:
-        plot_embedding_spectrum(embeddings, card_dir / SPECTRUM_PLOT_NAME)
-    spectrum_plot = SPECTRUM_PLOT_NAME if (card_dir / SPECTRUM_PLOT_NAME).is_file() else None
+    results = merge_results(read_results(card_dir), as_result_list(eval_results))
+    write_results(card_dir, results)
+    spectrum_plot = _spectrum_plot(card_dir, embeddings)
 
     card.data.model_name = card.data.model_name or card_dir.resolve().name
     card.data.eval_results = hub_eval_results(results) or None
-    section = render_evaluation_section(results, spectrum_plot)
-    text = card.text
-    start, end = text.find(EVAL_SECTION_START), text.find(EVAL_SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(EVAL_SECTION_END) :]
-    else:  # a card from elsewhere: put the section before the citation, or at the end
-        citation = text.find("## Citation")
-        text = (text[:citation] + section + "\n\n" + text[citation:]) if citation != -1 else text + "\n" + section
-    card.text = text
+    card.text = splice_evaluation_section(card.text, render_evaluation_section(results, spectrum_plot))
     _save(card, card_path)
     return card
 
@@ -621,7 +510,7 @@ def build_backbone_model_card(
     model_id: str | None = None,
 ) -> ModelCard:
     """
-    Writes `README.md` for a backbone exported by `export_backbone.py`: the same Hub metadata as the LeJEPA card, a
+    Writes `README.md` for a backbone exported by `trainer.export`: the same Hub metadata as the LeJEPA card, a
     statement that it is the exported backbone, how to load it without custom code, and its embedding rule.
 
     Args:
@@ -642,45 +531,48 @@ def build_backbone_model_card(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     backbone_type = backbone_config.model_type
-    model_name = model_id or output_dir.resolve().name
-    results = _as_result_list(eval_results)
+    results = as_result_list(eval_results)
     if results:
-        _write_results(output_dir, results)
-    spectrum_plot = SPECTRUM_PLOT_NAME if (output_dir / SPECTRUM_PLOT_NAME).is_file() else None
+        write_results(output_dir, results)
+    spectrum_plot = _spectrum_plot(output_dir, None)
     expression, rule = embedding_rule(backbone_type, exported=True)
     native_size = getattr(backbone_config, "image_size", None)
-    embedding_size = embedding_size_of(backbone_config) or "D"
-    pooled = f"[[{embedding_size} floats]]"
+    num_parameters, size = backbone_facts(backbone_config)
+    size = size or "D"
+    pooled = f"[[{size} floats]]"
     if backbone_type == "resnet":
-        pooled = f"nested lists of shape (1, {embedding_size}, 1, 1): flatten them"
-    card = ModelCard.from_template(
-        _card_data(backbone_type, dataset_names, license, base_model, model_name, results),
-        template_path=str(BACKBONE_CARD_TEMPLATE),
-        model_name=model_name,
-        repo_id=model_id or model_name,
+        pooled = f"nested lists of shape (1, {size}, 1, 1): flatten them"
+    return _write_card(
+        BACKBONE_CARD_TEMPLATE,
+        output_dir,
+        backbone_type,
+        results,
+        dataset_names,
+        license,
+        base_model,
+        model_id,
         backbone_class=backbone_class_name(backbone_config),
-        base_model=base_model,
-        datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
-        has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
-        image_size=_image_size(lejepa_config if lejepa_config is not None else backbone_config),
+        image_size=input_image_size(lejepa_config if lejepa_config is not None else backbone_config),
         native_image_size=native_size,
         is_vit=isinstance(native_size, int) and isinstance(getattr(backbone_config, "patch_size", None), int),
         embedding_expression=expression,
         embedding_rule=rule,
-        embedding_size=embedding_size,
+        embedding_size=size,
         timm_architecture=getattr(backbone_config, "architecture", None) if backbone_type == "timm_wrapper" else None,
         pipeline_pooled_description=pooled,
-        backbone_rows=_backbone_rows(backbone_config, count_backbone_parameters(backbone_config)),
+        backbone_rows=_backbone_rows(backbone_config, num_parameters, None if size == "D" else size),
         lejepa_rows=_lejepa_rows(lejepa_config) if lejepa_config is not None else [],
         evaluation_section=render_evaluation_section(results, spectrum_plot) if results or spectrum_plot else "",
-        citation=CITATION,
     )
-    _save(card, output_dir / "README.md")
-    return card
 
 
 __all__ = [
     "CITATION",
+    "EVAL_RESULTS_NAME",
+    "EVAL_SECTION_END",
+    "EVAL_SECTION_START",
+    "SPECTRUM_PLOT_NAME",
+    "backbone_facts",
     "build_backbone_model_card",
     "build_model_card",
     "embedding_rule",

@@ -2,7 +2,7 @@
 
 Both functions write a PNG with matplotlib's non-interactive `Agg` backend, so they work on machines without a
 display. The spectrum helpers (`covariance_eigenvalues`, `effective_rank`) are also the isotropy figures that
-`run_evaluation.py` reports.
+`lejepa-evaluate` reports.
 """
 
 from __future__ import annotations

@@ -14,11 +14,18 @@ from transformers import (
 
 from .configuration_lejepa import LeJepaConfig
 from .modeling_lejepa import (
+    CLS_TOKEN_BACKBONES,
     LeJepaForImageClassification,
     LeJepaForPreTraining,
     LeJepaForPreTrainingOutput,
     LeJepaModel,
     LeJepaPreTrainedModel,
+    accepts_interpolate_pos_encoding,
+    build_backbone,
+    embedding_size,
+    input_image_size,
+    pool_embedding,
+    uses_cls_token,
 )
 from .sigreg import SIGReg, epps_pulley, prediction_loss
 
@@ -35,6 +42,7 @@ for _name, (_auto_class, _model_class) in AUTO_CLASSES.items():
     _model_class.register_for_auto_class(_name)
 
 __all__ = [
+    "CLS_TOKEN_BACKBONES",
     "LeJepaConfig",
     "LeJepaForImageClassification",
     "LeJepaForPreTraining",
@@ -42,6 +50,12 @@ __all__ = [
     "LeJepaModel",
     "LeJepaPreTrainedModel",
     "SIGReg",
+    "accepts_interpolate_pos_encoding",
+    "build_backbone",
+    "embedding_size",
     "epps_pulley",
+    "input_image_size",
+    "pool_embedding",
     "prediction_loss",
+    "uses_cls_token",
 ]

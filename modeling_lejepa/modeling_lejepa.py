@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
@@ -17,15 +17,83 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_lejepa import LeJepaConfig
 from .sigreg import SIGReg, prediction_loss
 
-# Backbones whose own pooler is a trained head (Linear + tanh) rather than a pooling: LeJEPA uses the final-normed
-# CLS token instead, so they are built without it.
-_CLS_TOKEN_BACKBONES = {"vit", "deit"}
 # Written into `config.json` on save, so that a checkpoint of any head loads with any of these Auto classes.
 _AUTO_MAP = {
     "AutoModel": "LeJepaModel",
     "AutoModelForPreTraining": "LeJepaForPreTraining",
     "AutoModelForImageClassification": "LeJepaForImageClassification",
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the embedding is: the one definition, used by the models, the evaluation, the export and the model cards
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Backbones whose own pooler is a trained head (Linear + tanh) rather than a pooling: LeJEPA uses the final-normed
+# CLS token instead, so they are built without it.
+CLS_TOKEN_BACKBONES = ("vit", "deit")
+
+
+def uses_cls_token(backbone_config: PreTrainedConfig) -> bool:
+    """Whether LeJEPA's embedding of this backbone is the final-normed CLS token `last_hidden_state[:, 0]`, the
+    backbone being built without its own pooler (a trained Linear + tanh head, not a pooling): ViT and DeiT."""
+    return backbone_config.model_type in CLS_TOKEN_BACKBONES
+
+
+def build_backbone(backbone_config: PreTrainedConfig) -> PreTrainedModel:
+    """The backbone of a LeJEPA model, `AutoModel.from_config(backbone_config)`, without its pooler where LeJEPA does
+    not use it (`uses_cls_token`)."""
+    kwargs = {"add_pooling_layer": False} if uses_cls_token(backbone_config) else {}
+    return AutoModel.from_config(backbone_config, **kwargs)
+
+
+def embedding_size(backbone_config: PreTrainedConfig, backbone: nn.Module | None = None) -> int:
+    """
+    Dimension of LeJEPA's image embedding (the `pooler_output` of `LeJepaModel`) for a backbone: the width of a timm
+    model's pooled features (`num_features`), the last stage's width of a ConvNet (`hidden_sizes[-1]`), else
+    `hidden_size`.
+
+    Args:
+        backbone_config (`PreTrainedConfig`): the backbone's configuration.
+        backbone (`nn.Module`, *optional*): the built backbone. Only a timm backbone needs it (its width is not in
+            the configuration); without it, the timm model is built on the meta device, which allocates nothing.
+    """
+    if backbone_config.model_type == "timm_wrapper":
+        if backbone is None:
+            with torch.device("meta"):
+                backbone = AutoModel.from_config(backbone_config)
+        return backbone.timm_model.num_features
+    if getattr(backbone_config, "hidden_sizes", None):  # ConvNets
+        return backbone_config.hidden_sizes[-1]
+    return backbone_config.hidden_size
+
+
+def pool_embedding(outputs: ModelOutput) -> torch.Tensor:
+    """
+    LeJEPA's image embedding `(batch, dim)` from a backbone's outputs: its `pooler_output` when it pools (DINOv2's
+    final-normed CLS token, ConvNeXt's normed average, ResNet's average, flattened from `(B, C, 1, 1)`; an exported
+    ViT's identity pooler), else the final-normed CLS token `last_hidden_state[:, 0]` of a token backbone built
+    without its pooler, else the spatial mean of a feature map `(B, C, H, W)`.
+    """
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is None:
+        hidden = outputs.last_hidden_state
+        pooled = hidden[:, 0] if hidden.dim() == 3 else hidden.mean(dim=tuple(range(2, hidden.dim())))
+    return pooled.flatten(1)
+
+
+def accepts_interpolate_pos_encoding(model: nn.Module) -> bool:
+    """Whether `model.forward` takes `interpolate_pos_encoding` (ViT-like backbones), which LeJEPA always sets so that
+    any input resolution works."""
+    return "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+
+
+def input_image_size(config: PreTrainedConfig) -> int:
+    """Side in pixels of a model's input images: `global_image_size` of a LeJEPA configuration, else a backbone
+    configuration's `image_size`, else `LeJepaConfig`'s default `global_image_size`."""
+    size = getattr(config, "global_image_size", None) or getattr(config, "image_size", None)
+    size = size or LeJepaConfig.global_image_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def _output_flags(
@@ -117,11 +185,8 @@ class LeJepaModel(LeJepaPreTrainedModel):
 
     def __init__(self, config: LeJepaConfig):
         super().__init__(config)
-        backbone_kwargs = {}
-        if config.backbone_config.model_type in _CLS_TOKEN_BACKBONES:
-            backbone_kwargs["add_pooling_layer"] = False
-        self.backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs)
-        self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+        self.backbone = build_backbone(config.backbone_config)
+        self._interpolate = accepts_interpolate_pos_encoding(self.backbone)
         # The units of FSDP's auto-wrap (accelerate's TRANSFORMER_BASED_WRAP reads `model._no_split_modules`) and of
         # `device_map`: `post_init` adds the backbone's own (ViTLayer, Dinov2Layer, ConvNextLayer, ResNetConvLayer,
         # ...), and the parent classes collect them from here. timm declares only the whole model: add its blocks.
@@ -180,26 +245,17 @@ class LeJepaModel(LeJepaPreTrainedModel):
         if self._interpolate:
             kwargs["interpolate_pos_encoding"] = True
         outputs = self.backbone(pixel_values, return_dict=True, **kwargs)
-        pooled = outputs.pooler_output
-        if pooled is None:  # token backbones built without their pooler: final-normed CLS token
-            pooled = outputs.last_hidden_state[:, 0]
-        pooled = pooled.flatten(1)  # ResNet pools to (B, C, 1, 1)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
-            pooler_output=pooled,
+            pooler_output=pool_embedding(outputs),  # (B, D)
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
 
     @property
     def embedding_size(self) -> int:
-        """Dimension of `pooler_output`."""
-        backbone_config = self.config.backbone_config
-        if backbone_config.model_type == "timm_wrapper":
-            return self.backbone.timm_model.num_features
-        if getattr(backbone_config, "hidden_sizes", None):  # ConvNets
-            return backbone_config.hidden_sizes[-1]
-        return backbone_config.hidden_size
+        """Dimension of `pooler_output` (see `embedding_size`)."""
+        return embedding_size(self.config.backbone_config, self.backbone)
 
 
 def _timm_block_classes(backbone: nn.Module) -> list[str]:
@@ -405,9 +461,16 @@ class LeJepaForImageClassification(LeJepaPreTrainedModel):
 
 
 __all__ = [
+    "CLS_TOKEN_BACKBONES",
     "LeJepaForImageClassification",
     "LeJepaForPreTraining",
     "LeJepaForPreTrainingOutput",
     "LeJepaModel",
     "LeJepaPreTrainedModel",
+    "accepts_interpolate_pos_encoding",
+    "build_backbone",
+    "embedding_size",
+    "input_image_size",
+    "pool_embedding",
+    "uses_cls_token",
 ]

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-import run_evaluation
 from modeling_lejepa import LeJepaConfig, LeJepaModel
-from run_evaluation import (
+from trainer import BUILTIN_DATASETS, evaluation, load_builtin_dataset, load_photos_dataset
+from trainer.cli import evaluate_main
+from trainer.data import BUILTIN_PHOTOS
+from trainer.evaluation import (
     RawPixelEmbedding,
     default_image_processor,
     evaluate_embeddings,
     extract_embeddings,
     raw_pixels_like,
 )
-from trainer import BUILTIN_DATASETS, load_builtin_dataset, load_photos_dataset
-from trainer.data import BUILTIN_PHOTOS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"image_size": 16, "train_crops_per_photo": 6, "test_crops_per_photo": 3}
@@ -126,14 +126,14 @@ def test_raw_pixel_baseline_goes_through_the_same_knn_and_probe(monkeypatch):
     train, test = photos["train"], photos["test"]
     processor = default_image_processor(8)
     calls = []
-    knn, probe = run_evaluation.knn_predict, run_evaluation.linear_probe_predict
-    metrics = run_evaluation.compute_embedding_metrics  # the k-NN and the probe, through the evaluate module
+    knn, probe = evaluation.knn_predict, evaluation.linear_probe_predict
+    metrics = evaluation.compute_embedding_metrics  # the k-NN and the probe, through the evaluate module
 
     def metrics_spy(train_embeddings, train_labels, eval_embeddings, eval_labels, **kwargs):
         calls.append(("metrics", train_embeddings, eval_embeddings))
         return metrics(train_embeddings, train_labels, eval_embeddings, eval_labels, **kwargs)
 
-    monkeypatch.setattr(run_evaluation, "compute_embedding_metrics", metrics_spy)
+    monkeypatch.setattr(evaluation, "compute_embedding_metrics", metrics_spy)
     raw = evaluate_embeddings(RawPixelEmbedding(8), train, test, processor)
     torch.manual_seed(0)
     model = LeJepaModel(LeJepaConfig.from_preset("vit-tiny-test", global_image_size=8))
@@ -172,7 +172,7 @@ def test_run_evaluation_adds_both_baselines_to_results_and_card(tmp_path):
     config = LeJepaConfig.from_preset("vit-tiny-test", global_image_size=16)
     LeJepaModel(config).save_pretrained(checkpoint)
     build_model_card(config, checkpoint)
-    results = run_evaluation.main([
+    results = evaluate_main([
         "--model_name_or_path", str(checkpoint), "--builtin_dataset", "digits", "--max_train_samples", "200",
         "--max_eval_samples", "100", "--random_init_baseline", "--raw_pixel_baseline", "--update_model_card",
     ])

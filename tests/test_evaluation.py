@@ -7,10 +7,11 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-import run_evaluation
 from model_cards.card import EVAL_RESULTS_NAME
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining, LeJepaModel
-from run_evaluation import (
+from trainer.cli import evaluate_main
+from trainer.data import load_digits_dataset
+from trainer.evaluation import (
     compute_embedding_metrics,
     default_image_processor,
     evaluate_embeddings,
@@ -19,7 +20,6 @@ from run_evaluation import (
     random_init_like,
     sigreg_statistic,
 )
-from trainer.data import load_digits_dataset
 
 
 def separable_embeddings(num_classes=4, per_class=30, dim=16, noise=0.05, seed=0):
@@ -137,7 +137,7 @@ def test_script_writes_json_and_model_card(tmp_path):
     LeJepaForPreTraining(LeJepaConfig.from_preset("vit-tiny-test")).save_pretrained(checkpoint)
     default_image_processor(32).save_pretrained(checkpoint)
     common = ["--max_train_samples", "200", "--max_eval_samples", "80", "--sigreg_num_slices", "64"]
-    results = run_evaluation.main(
+    results = evaluate_main(
         ["--model_name_or_path", str(checkpoint), "--random_init_baseline", "--update_model_card", *common]
     )
     written = json.loads((checkpoint / "eval_results.json").read_text())  # default: next to the checkpoint
@@ -167,9 +167,36 @@ def test_script_writes_json_and_model_card(tmp_path):
     output_file = tmp_path / "elsewhere" / "random.json"
     args = ["--model_preset", "vit-tiny-test", "--knn_temperature", "0", "--linear_probe", "layernorm_linear"]
     args += ["--linear_probe_epochs", "5", "--output_file", str(output_file), *common]
-    results = run_evaluation.main(args)
+    results = evaluate_main(args)
     assert json.loads(output_file.read_text())["knn_temperature"] == 0.0
     assert results["linear_probe"] == "layernorm_linear" and 0 <= results["linear_probe_accuracy"] <= 1
     assert (output_file.parent / "embedding_spectrum.png").is_file()
     with pytest.raises(ValueError, match="exactly one"):
-        run_evaluation.main(common)
+        evaluate_main(common)
+
+
+def test_scripts_are_the_installed_commands():
+    """`run_evaluation.py` and `export_backbone.py` are the `lejepa-evaluate` and `lejepa-export-backbone` commands of
+    `setup.cfg`, whose `main` functions live in the installed package."""
+    import configparser
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    commands = dict(line.replace(" ", "").split("=") for line in lines)
+    assert commands == {
+        "lejepa-evaluate": "trainer.cli:evaluate_command",
+        "lejepa-export-backbone": "trainer.cli:export_command",
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for script, options in (("run_evaluation.py", ("--model_name_or_path", "--knn_k", "--linear_probe")),
+                            ("export_backbone.py", ("checkpoint_dir", "--model_id", "--verify"))):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], env=env, cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert all(option in result.stdout for option in options), result.stdout

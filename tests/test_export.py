@@ -12,11 +12,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
-import export_backbone
 from model_cards import build_model_card
 from modeling_lejepa import LeJepaConfig, LeJepaForImageClassification, LeJepaForPreTraining, LeJepaModel
 from modeling_lejepa.configuration_lejepa import PRESETS
-from run_evaluation import default_image_processor, evaluate_embeddings
+from trainer.cli import export_main
+from trainer.evaluation import default_image_processor, evaluate_embeddings
+from trainer.export import export_backbone
 
 SMALL_HEAD = {"projector_hidden_size": 32, "projector_output_size": 8, "sigreg_num_slices": 16}
 CONV_BACKBONES = {
@@ -70,7 +71,7 @@ def exports(tmp_path_factory):
                 model_id="org/lejepa-vit-tiny",
                 eval_results={"dataset_name": "digits", "eval_split": "test", "knn_accuracy": 0.5, "knn_k": 20},
             )
-        output = export_backbone.export_backbone(checkpoint, root / f"{kind}-native", model_id=f"org/{kind}-backbone")
+        output = export_backbone(checkpoint, root / f"{kind}-native", model_id=f"org/{kind}-backbone")
         pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(index))
         with torch.no_grad():
             reference = LeJepaModel.from_pretrained(checkpoint).eval()(pixel_values).pooler_output
@@ -180,7 +181,7 @@ def test_export_any_head_and_cli(tmp_path):
     torch.manual_seed(0)
     model = LeJepaForImageClassification(LeJepaConfig.from_preset("vit-tiny-test", num_labels=3)).eval()
     model.save_pretrained(tmp_path / "classifier")
-    output = export_backbone.main([str(tmp_path / "classifier"), str(tmp_path / "native"), "--license", "mit"])
+    output = export_main([str(tmp_path / "classifier"), str(tmp_path / "native"), "--license", "mit"])
     exported = AutoModel.from_pretrained(output).eval()
     assert type(exported).__name__ == "ViTModel"
     pixel_values = torch.randn(2, 3, 32, 32)
@@ -194,11 +195,11 @@ def test_export_any_head_and_cli(tmp_path):
 def test_export_rejects_a_non_lejepa_folder(tmp_path):
     AutoModel.from_config(LeJepaConfig.from_preset("vit-tiny-test").backbone_config).save_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match="not a LeJEPA checkpoint"):
-        export_backbone.export_backbone(tmp_path / "vit", tmp_path / "out")
+        export_backbone(tmp_path / "vit", tmp_path / "out")
 
 
 def test_evaluation_of_export_matches_lejepa(exports):
-    """`run_evaluation` gives the same results on the export (plain ResNetModel) as on the LeJEPA checkpoint."""
+    """`evaluate_embeddings` gives the same results on the export (plain ResNetModel) as on the LeJEPA checkpoint."""
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as ImageFeature
 
@@ -247,7 +248,7 @@ def test_timm_backbone_exports_a_timm_native_folder(tmp_path):
     model = LeJepaForPreTraining(config)
     randomise_statistics(model)
     model.save_pretrained(tmp_path / "checkpoint")
-    output = export_backbone.export_backbone(tmp_path / "checkpoint", tmp_path / "native", model_id="org/timm-bb")
+    output = export_backbone(tmp_path / "checkpoint", tmp_path / "native", model_id="org/timm-bb")
     timm_config = json.loads((output / "config.json").read_text())
     assert timm_config["architecture"] == "resnet10t" and timm_config["num_classes"] == 0
     assert timm_config["pretrained_cfg"]["input_size"] == [3, 32, 32]

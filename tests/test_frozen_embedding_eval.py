@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_without_package
 
-from run_evaluation import compute_embedding_metrics
+from trainer.evaluation import compute_embedding_metrics
 from trainer.metrics import FROZEN_EMBEDDING_EVAL_PATH, load_frozen_embedding_eval
 
 SETTINGS = {"knn_k": 5, "num_slices": 32, "seed": 3}
@@ -58,7 +58,8 @@ def test_module_against_independent_references():
 
 
 def test_library_reports_the_module_metrics():
-    """`run_evaluation.compute_embedding_metrics` (what the scripts call) reports the module's numbers."""
+    """`trainer.evaluation.compute_embedding_metrics` (what the library and the commands call) reports the module's
+    numbers."""
     data = fixed_embeddings()
     results = load_frozen_embedding_eval().compute(**data, **SETTINGS)
     library = compute_embedding_metrics(

@@ -21,7 +21,7 @@ from model_cards import (
 )
 from model_cards.card import EVAL_RESULTS_NAME, EVAL_SECTION_START
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
-from run_evaluation import default_image_processor
+from trainer.evaluation import default_image_processor
 
 TRAINING_ARGS = {
     "learning_rate": 5e-4,

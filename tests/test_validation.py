@@ -218,7 +218,7 @@ def run_script(*args: str, cwd) -> None:
 
 @pytest.mark.slow
 def test_standalone_evaluation_and_knn_match_training_and_run_evaluation(tmp_path):
-    import run_evaluation
+    from trainer.cli import evaluate_main
 
     tiny = ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "90", "--dataloader_num_workers",
             "0", "--report_to", "none", "--disable_tqdm", "True", "--config_overrides", "num_local_views=2"]
@@ -242,7 +242,7 @@ def test_standalone_evaluation_and_knn_match_training_and_run_evaluation(tmp_pat
 
     # the evaluation script's k-NN on the same images: the built-in digits' fixed train -> test split, the
     # checkpoint's image processor
-    results = run_evaluation.main(
+    results = evaluate_main(
         ["--model_name_or_path", str(checkpoint), "--builtin_dataset", "digits", "--output_dir",
          str(tmp_path / "eval")]
     )

@@ -17,6 +17,7 @@ from transformers import TrainingArguments
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
 
 from .data import BUILTIN_DATASETS
+from .evaluation import RawPixelEmbedding, evaluate_embeddings
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,6 @@ def evaluate_builtin_dataset(
     raw pixels at the model's input resolution, all through the same frozen-embedding protocol; the spectrum of the
     learned embeddings is plotted into `output_dir`. Returns the evaluation results as the model card takes them.
     """
-    # The frozen-embedding evaluation of the run_evaluation.py command.
-    from run_evaluation import RawPixelEmbedding, evaluate_embeddings
-
     train_split, test_split = splits["train"], splits["test"]
     trained = evaluate_embeddings(
         model.lejepa, train_split, test_split, image_processor,

@@ -4,7 +4,7 @@ image embeddings, as an `evaluate` module.
 
 Self-contained (numpy, torch and scikit-learn only), so that it loads with `evaluate.load(<this folder>)` offline and
 can be pushed to the Hub unchanged. It is the one implementation of the protocol in the LeJEPA project: the
-project's evaluation library and `run_evaluation.py` compute through it.
+project's evaluation library (`trainer.evaluation`) and the `lejepa-evaluate` command compute through it.
 """
 
 from __future__ import annotations
@@ -27,33 +27,52 @@ _CITATION = """\
 }
 """
 
+# The protocol's settings (the keyword arguments of `compute`) and their defaults, and the fixed settings of the
+# probes: the one definition, which the descriptions below, the functions and the LeJEPA project's evaluation library
+# (its defaults, command-line options and model-card text) read.
+DEFAULTS = {
+    "knn_k": 20,
+    "knn_temperature": 0.07,
+    "linear_probe": "logistic_regression",
+    "linear_probe_epochs": 100,
+    "num_slices": 1024,
+    "num_knots": 17,
+    "t_max": 3.0,
+    "seed": 0,
+}
+LINEAR_PROBES = ("logistic_regression", "layernorm_linear")
+LOGISTIC_REGRESSION = {"C": 1.0, "max_iter": 2000}
+LAYERNORM_LINEAR = {"batch_size": 256, "learning_rate": 1e-2, "weight_decay": 1e-4}
+
 _DESCRIPTION = """\
 Evaluates frozen image embeddings on a labelled task: each example is one embedding with its label, in the `train` or
 the `eval` split.
-- k-NN: each eval embedding is classified by its `knn_k` (default 20) most similar train embeddings (cosine), whose
-  votes are weighted by `exp(similarity / knn_temperature)` (default 0.07, the protocol of DINO; 0 gives a plain
-  majority vote; ties go to the smallest label).
-- Linear probe: multinomial logistic regression (scikit-learn, L-BFGS, L2 with C = 1) on embeddings standardised with
-  the train split's mean and standard deviation (`linear_probe="logistic_regression"`, the default), or LayerNorm +
-  Linear trained with AdamW on the frozen embeddings (`linear_probe="layernorm_linear"`).
+- k-NN: each eval embedding is classified by its `knn_k` (default {knn_k}) most similar train embeddings (cosine),
+  whose votes are weighted by `exp(similarity / knn_temperature)` (default {knn_temperature:g}, the protocol of DINO;
+  0 gives a plain majority vote; ties go to the smallest label).
+- Linear probe: multinomial logistic regression (scikit-learn, L-BFGS, L2 with C = {C:g}) on embeddings standardised
+  with the train split's mean and standard deviation (`linear_probe="logistic_regression"`, the default), or
+  LayerNorm + Linear trained with AdamW on the frozen embeddings (`linear_probe="layernorm_linear"`).
 - Effective rank of the eval embeddings' covariance: `exp` of the entropy of its normalised eigenvalues, in [1, D].
 - Epps-Pulley statistic (SIGReg's, against a standard normal, times N) of the raw eval embeddings projected on
   `num_slices` random unit directions (numpy's `default_rng(seed)`), averaged over the directions, in float64.
-"""
+""".format(**DEFAULTS, **LOGISTIC_REGRESSION)
 
 _KWARGS_DESCRIPTION = """
 Args:
     embeddings (`list` of `list` of `float`): one embedding per example, all of the same size.
     labels (`list` of `int`): the class of each example.
     splits (`list` of `str`): `"train"` or `"eval"` for each example.
-    knn_k (`int`, *optional*, defaults to 20): neighbours of the k-NN.
-    knn_temperature (`float`, *optional*, defaults to 0.07): temperature of the k-NN votes; 0 for a majority vote.
-    linear_probe (`str`, *optional*, defaults to `"logistic_regression"`): or `"layernorm_linear"`.
-    linear_probe_epochs (`int`, *optional*, defaults to 100): epochs of the `"layernorm_linear"` probe.
-    num_slices (`int`, *optional*, defaults to 1024): random directions of the Epps-Pulley statistic.
-    num_knots (`int`, *optional*, defaults to 17): trapezoid knots on `[0, t_max]`.
-    t_max (`float`, *optional*, defaults to 3.0): end of the integration range.
-    seed (`int`, *optional*, defaults to 0): seed of the probe and of the directions.
+    knn_k (`int`, *optional*, defaults to {knn_k}): neighbours of the k-NN.
+    knn_temperature (`float`, *optional*, defaults to {knn_temperature:g}): temperature of the k-NN votes; 0 for a
+        majority vote.
+    linear_probe (`str`, *optional*, defaults to `"{linear_probe}"`): or `"layernorm_linear"`.
+    linear_probe_epochs (`int`, *optional*, defaults to {linear_probe_epochs}): epochs of the `"layernorm_linear"`
+        probe.
+    num_slices (`int`, *optional*, defaults to {num_slices}): random directions of the Epps-Pulley statistic.
+    num_knots (`int`, *optional*, defaults to {num_knots}): trapezoid knots on `[0, t_max]`.
+    t_max (`float`, *optional*, defaults to {t_max:g}): end of the integration range.
+    seed (`int`, *optional*, defaults to {seed}): seed of the probe and of the directions.
 Returns:
     knn_accuracy, linear_probe_accuracy (in [0, 1]), effective_rank (in [1, D]), epps_pulley (>= 0), and the sizes
     (embedding_size, num_classes, num_train_samples, num_eval_samples).
@@ -64,17 +83,15 @@ Examples:
     ...                          splits=["train", "train", "eval", "eval"], knn_k=1)  # doctest: +SKIP
     >>> results["knn_accuracy"]  # doctest: +SKIP
     1.0
-"""
-
-LINEAR_PROBES = ("logistic_regression", "layernorm_linear")
+""".format(**DEFAULTS)
 
 
 def knn_predict(
     train_embeddings: np.ndarray,
     train_labels: np.ndarray,
     query_embeddings: np.ndarray,
-    k: int = 20,
-    temperature: float | None = 0.07,
+    k: int = DEFAULTS["knn_k"],
+    temperature: float | None = DEFAULTS["knn_temperature"],
     num_classes: int | None = None,
     batch_size: int = 1024,
 ) -> np.ndarray:
@@ -102,11 +119,11 @@ def _train_layernorm_linear(
     train_embeddings: np.ndarray,
     train_labels: np.ndarray,
     num_classes: int,
-    epochs: int = 100,
-    batch_size: int = 256,
-    learning_rate: float = 1e-2,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
+    epochs: int = DEFAULTS["linear_probe_epochs"],
+    batch_size: int = LAYERNORM_LINEAR["batch_size"],
+    learning_rate: float = LAYERNORM_LINEAR["learning_rate"],
+    weight_decay: float = LAYERNORM_LINEAR["weight_decay"],
+    seed: int = DEFAULTS["seed"],
 ) -> nn.Module:
     """Trains LayerNorm + Linear with AdamW and a cosine schedule on frozen embeddings (cross-entropy)."""
     generator = torch.Generator().manual_seed(seed)
@@ -135,9 +152,9 @@ def linear_probe_predict(
     train_embeddings: np.ndarray,
     train_labels: np.ndarray,
     query_embeddings: np.ndarray,
-    method: str = "logistic_regression",
-    epochs: int = 100,
-    seed: int = 0,
+    method: str = DEFAULTS["linear_probe"],
+    epochs: int = DEFAULTS["linear_probe_epochs"],
+    seed: int = DEFAULTS["seed"],
 ) -> tuple[np.ndarray, bool]:
     """Linear-probe labels `(Q,)` of `query_embeddings` (see the module description), and whether the logistic
     regression converged (always `True` for `"layernorm_linear"`)."""
@@ -156,7 +173,7 @@ def linear_probe_predict(
             ) from error
 
         scaler = StandardScaler().fit(train_embeddings)
-        classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+        classifier = LogisticRegression(**LOGISTIC_REGRESSION, random_state=seed)
         # One BLAS thread: the products are small, and on a busy CPU more threads spin (measured in the LeJEPA
         # project: 10x the time for a 3072-dimensional raw-pixel fit on 2 loaded cores)
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1, user_api="blas"):
@@ -189,7 +206,11 @@ def effective_rank(embeddings: np.ndarray) -> float:
 
 
 def epps_pulley(
-    embeddings: np.ndarray, num_slices: int = 1024, num_knots: int = 17, t_max: float = 3.0, seed: int = 0,
+    embeddings: np.ndarray,
+    num_slices: int = DEFAULTS["num_slices"],
+    num_knots: int = DEFAULTS["num_knots"],
+    t_max: float = DEFAULTS["t_max"],
+    seed: int = DEFAULTS["seed"],
     slices_per_chunk: int = 64,
 ) -> float:
     """Mean over `num_slices` random unit directions of the Epps-Pulley statistic of the projected `embeddings`
@@ -230,20 +251,12 @@ class FrozenEmbeddingEval(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2511.08544"],
         )
 
-    def _compute(
-        self,
-        embeddings,
-        labels,
-        splits,
-        knn_k: int = 20,
-        knn_temperature: float | None = 0.07,
-        linear_probe: str = "logistic_regression",
-        linear_probe_epochs: int = 100,
-        num_slices: int = 1024,
-        num_knots: int = 17,
-        t_max: float = 3.0,
-        seed: int = 0,
-    ) -> dict:
+    def _compute(self, embeddings, labels, splits, **settings) -> dict:
+        """The metrics of the examples with `settings` (see `DEFAULTS`) instead of the defaults."""
+        unknown_settings = sorted(set(settings) - set(DEFAULTS))
+        if unknown_settings:
+            raise ValueError(f"Unknown settings {unknown_settings}; the settings are {', '.join(DEFAULTS)}.")
+        settings = {**DEFAULTS, **settings}
         x = np.asarray(embeddings, dtype=np.float32)
         y, split = np.asarray(labels), np.asarray(splits)
         unknown = sorted(set(split.tolist()) - {"train", "eval"})
@@ -254,16 +267,19 @@ class FrozenEmbeddingEval(evaluate.Metric):
             raise ValueError(f"Need train examples and at least 2 eval examples, got {train.sum()} and {query.sum()}.")
         classes, codes = np.unique(y, return_inverse=True)  # labels mapped to 0..C-1 over both splits
         codes = codes.reshape(-1)
-        knn = knn_predict(x[train], codes[train], x[query], knn_k, knn_temperature, len(classes))
+        train_x, train_y = x[train], codes[train]
+        knn = knn_predict(train_x, train_y, x[query], settings["knn_k"], settings["knn_temperature"], len(classes))
         linear, converged = linear_probe_predict(
-            x[train], codes[train], x[query], linear_probe, epochs=linear_probe_epochs, seed=seed
+            train_x, train_y, x[query], settings["linear_probe"], settings["linear_probe_epochs"], settings["seed"]
         )
         return {
             "knn_accuracy": float(np.mean(knn == codes[query])),
             "linear_probe_accuracy": float(np.mean(linear == codes[query])),
             "linear_probe_converged": converged,
             "effective_rank": effective_rank(x[query]),
-            "epps_pulley": epps_pulley(x[query], num_slices, num_knots, t_max, seed),
+            "epps_pulley": epps_pulley(
+                x[query], settings["num_slices"], settings["num_knots"], settings["t_max"], settings["seed"]
+            ),
             "embedding_size": int(x.shape[1]),
             "num_classes": int(len(classes)),
             "num_train_samples": int(train.sum()),
