@@ -175,11 +175,6 @@ def synthetic_views(config: LeJepaConfig, batch_size: int, device: torch.device,
             views(config.num_local_views, config.local_image_size))
 
 
-def train_steps(step_fn, inputs, first_step: int, num_steps: int) -> None:
-    for step in range(first_step, first_step + num_steps):
-        step_fn(inputs, step)
-
-
 def run_model(
     name: str, args: argparse.Namespace, device: torch.device, attn: str, peak: float | None, mode: str = "loop"
 ) -> dict:
@@ -313,6 +308,44 @@ def write_e2e_jpegs(folder: Path, count: int, width: int, height: int) -> None:
         pool.starmap(write_jpegs, jobs)
 
 
+def _time_loop(
+    model, args: argparse.Namespace, device: torch.device, next_views, host_syncs: bool
+) -> tuple[float, float, float]:
+    """A plain training loop on the views `next_views()` returns: (warm-up seconds, timed seconds, last loss). With
+    `host_syncs`, the two host syncs `LeJepaTrainer` makes per step (its non-finite loss check and Trainer's
+    `logging_nan_inf_filter`)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=device.type == "cuda")
+    forward = torch.compile(model) if args.compile else model
+
+    def step_fn(step: int) -> torch.Tensor:
+        global_views, local_views = next_views()
+        with _autocast(device):
+            outputs = forward(global_views, local_pixel_values=local_views, step=step)
+        if host_syncs and not torch.isfinite(outputs.loss):  # as LeJepaTrainer.compute_loss
+            raise RuntimeError(f"Non-finite loss at step {step}.")
+        outputs.loss.backward()
+        if host_syncs and bool(torch.isnan(outputs.loss.detach()) or torch.isinf(outputs.loss.detach())):
+            raise RuntimeError(f"Non-finite loss at step {step}.")  # as Trainer's `logging_nan_inf_filter`
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return outputs.loss
+
+    warmup_start = time.perf_counter()
+    for step in range(args.warmup_steps):  # end to end: includes the workers' start-up and the first batches
+        step_fn(step)
+    _synchronize(device)
+    warmup_time = time.perf_counter() - warmup_start
+    start = time.perf_counter()
+    for step in range(args.warmup_steps, args.warmup_steps + args.steps):
+        step_fn(step)
+    _synchronize(device)
+    elapsed = time.perf_counter() - start
+    last_loss = step_fn(args.warmup_steps + args.steps).item()  # untimed: checks that training is finite
+    return warmup_time, elapsed, last_loss
+
+
 def _run_model_once(
     name: str, args: argparse.Namespace, device: torch.device, attn: str, peak: float | None, batch_size: int,
     mode: str,
@@ -336,60 +369,10 @@ def _run_model_once(
     elif mode == "end-to-end":
         del inputs
         feed = _EndToEndInputs(config, args, batch_size, device, args.warmup_steps + args.steps + 1)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=device.type == "cuda")
-        forward = torch.compile(model) if args.compile else model
-
-        def e2e_step(step: int) -> torch.Tensor:
-            global_views, local_views = feed.next()
-            with _autocast(device):
-                outputs = forward(global_views, local_pixel_values=local_views, step=step)
-            outputs.loss.backward()
-            if args.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return outputs.loss
-
-        warmup_start = time.perf_counter()
-        for step in range(args.warmup_steps):  # includes the workers' start-up and the first batches
-            e2e_step(step)
-        _synchronize(device)
-        warmup_time = time.perf_counter() - warmup_start
-        start = time.perf_counter()
-        for step in range(args.warmup_steps, args.warmup_steps + args.steps):
-            loss = e2e_step(step)
-        _synchronize(device)
-        elapsed = time.perf_counter() - start
-        last_loss = loss.item()
+        warmup_time, elapsed, last_loss = _time_loop(model, args, device, lambda: feed.next(), host_syncs=False)
         del feed
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
-        forward = torch.compile(model) if args.compile else model
-        host_syncs = mode == "host-syncs"
-
-        def step_fn(views, step: int) -> torch.Tensor:
-            with _autocast(device):
-                outputs = forward(views[0], local_pixel_values=views[1], step=step)
-            if host_syncs and not torch.isfinite(outputs.loss):  # as LeJepaTrainer.compute_loss
-                raise RuntimeError(f"Non-finite loss at step {step}.")
-            outputs.loss.backward()
-            if host_syncs and bool(torch.isnan(outputs.loss.detach()) or torch.isinf(outputs.loss.detach())):
-                raise RuntimeError(f"Non-finite loss at step {step}.")  # as Trainer's `logging_nan_inf_filter`
-            if args.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return outputs.loss
-
-        warmup_start = time.perf_counter()
-        train_steps(step_fn, inputs, 0, args.warmup_steps)
-        _synchronize(device)
-        warmup_time = time.perf_counter() - warmup_start
-        start = time.perf_counter()
-        train_steps(step_fn, inputs, args.warmup_steps, args.steps)
-        _synchronize(device)
-        elapsed = time.perf_counter() - start
-        last_loss = step_fn(inputs, args.warmup_steps + args.steps).item()  # untimed: checks that training is finite
+        warmup_time, elapsed, last_loss = _time_loop(model, args, device, lambda: inputs, mode == "host-syncs")
 
     step_time = elapsed / args.steps
     flops_per_image = analytic if analytic is not None else counted

@@ -58,20 +58,16 @@ from modeling_lejepa.sigreg import SIGReg, epps_pulley_from_ecf, sample_directio
 METHODS = ("ours", "direct", "lightly")
 STEP = 0  # seeds the directions
 MIB = 2**20
-DEFAULTS = {
-    "num_samples": 4096,
-    "dim": 512,
-    "num_slices": 1024,
-    "repeats": 7,
-    "scaling_samples": [256, 1024, 4096, 16384],
+# Each setting: (full run, --quick).
+SETTINGS = {
+    "num_samples": (4096, 1024),
+    "dim": (512, 128),
+    "num_slices": (1024, 256),
+    "repeats": (7, 3),
+    "scaling_samples": ([256, 1024, 4096, 16384], [256, 512, 1024, 2048]),
 }
-QUICK_DEFAULTS = {
-    "num_samples": 1024,
-    "dim": 128,
-    "num_slices": 256,
-    "repeats": 3,
-    "scaling_samples": [256, 512, 1024, 2048],
-}
+DEFAULTS = {name: full for name, (full, _) in SETTINGS.items()}
+QUICK_DEFAULTS = {name: quick for name, (_, quick) in SETTINGS.items()}
 
 
 def fixed_embeddings(num_samples: int, dim: int) -> torch.Tensor:

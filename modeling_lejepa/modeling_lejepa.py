@@ -341,13 +341,9 @@ class LeJepaForPreTraining(LeJepaPreTrainedModel):
                 Seed of SIGReg's random directions, the global training step (`LeJepaTrainer` passes it, as a tensor so
                 that `torch.compile` does not recompile every step). When `None`, a counter of the calls made in
                 training mode is used.
-            output_hidden_states (`bool`, `int` or `list[int]`, *optional*):
-                Return the backbone's hidden states of the global views (all, or the given layers). Defaults to
-                `config.output_hidden_states`.
-            output_attentions (`bool`, *optional*):
-                Return the backbone's attention weights of the global views. Defaults to `config.output_attentions`.
-            return_dict (`bool`, *optional*):
-                Return a `LeJepaForPreTrainingOutput` rather than a tuple. Defaults to `config.return_dict`.
+            output_hidden_states, output_attentions, return_dict:
+                As in `LeJepaModel.forward`; hidden states and attentions are those of the global views, and the
+                output is a `LeJepaForPreTrainingOutput`.
 
         Example:
 
