@@ -438,7 +438,7 @@ def main() -> None:
     image_processor = load_image_processor(model_args.image_processor_name, config.global_image_size)
 
     # 5. Data: the training and validation splits, the multi-crop views (in the DataLoader workers, or on the device
-    #    with --augment_on_device, the default on accelerators)
+    #    with --augment_on_device, the default on accelerators and, on a CPU, for global views of at most 96 px)
     data = load_data(data_args, model_args, training_args.seed, builtin=recipe is not None)
     views = MultiCropConfig.from_lejepa_config(
         config, image_processor=image_processor, **(recipe.transform if recipe is not None else {})

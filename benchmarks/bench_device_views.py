@@ -16,7 +16,11 @@ Sections (`--sections`, all by default), each a side-by-side comparison in one r
    threads), and the choice of crop: `torchvision.ops.roi_align` (adaptive sampling) against
    `kornia.geometry.transform.crop_and_resize`, time and mean absolute difference from torchvision's antialiased
    `resized_crop` (the CPU path's crop) for the same boxes.
-4. `small-run`: wall time per training step of `LeJepaTrainer` on a folder of small images (the digits, 32 px PNGs),
+4. `view-sizes`: where the CPU default switches paths: CPU milliseconds per image (thread time, 1 thread) of the
+   workers' views (`MultiCropTransform`) and of the batched pass (`DeviceMultiCrop`, on the `DecodeResizeTransform`
+   images), for the same JPEGs at view sizes from 32 + 16 to 224 + 96 px (`trainer.arguments.
+   CPU_DEVICE_VIEWS_MAX_SIZE`).
+5. `small-run`: wall time per training step of `LeJepaTrainer` on a folder of small images (the digits, 32 px PNGs),
    batch 128, 2 x 32 + 4 x 16 views, a ViT of hidden size 96: today's default (views in 2 DataLoader workers that
    restart every epoch) against persistent workers and against views made on the device (here the CPU), in
    interleaved runs; every run crosses at least one epoch boundary.
@@ -69,7 +73,9 @@ from trainer.data import (  # noqa: E402
 )
 from trainer.data.device_views import DeviceMultiCrop, view_generator  # noqa: E402
 
-SECTIONS = ("decode", "loader", "augment", "small-run")
+SECTIONS = ("decode", "loader", "augment", "view-sizes", "small-run")
+# (global, local) view sides of the `view-sizes` section.
+VIEW_SIZES = ((32, 16), (64, 32), (96, 48), (128, 64), (224, 96))
 QUICK_DEFAULTS = {
     "num_images": 6, "width": 256, "height": 192, "batch_size": 4, "num_batches": 10, "repeats": 1,
     "decode_repeats": 2,
@@ -258,6 +264,40 @@ def augment_section(args: argparse.Namespace, config: MultiCropConfig, train_dir
     return result
 
 
+def view_sizes_section(args: argparse.Namespace, train_dir: Path) -> dict:
+    """CPU ms per image of the workers' views and of the batched pass, 1 thread, at each of `VIEW_SIZES`."""
+    from trainer.data import decode_image
+
+    paths = sorted(train_dir.glob("*.jpg"))[: args.augment_batch]
+    images = [decode_image(str(path)) for path in paths]
+    print("\n### CPU cost per image by view size (1 thread, median of "
+          f"{args.decode_repeats}; {len(images)} JPEGs of {args.width} x {args.height})\n")
+    print("| global + local view side | workers' views (`MultiCropTransform`), CPU ms | batched pass "
+          "(`DeviceMultiCrop`), CPU ms | batched / workers |")
+    print("|---|---:|---:|---:|")
+    result = {}
+    with threads(1):
+        for global_size, local_size in VIEW_SIZES:
+            config = MultiCropConfig(global_image_size=global_size, local_image_size=local_size)
+            workers_views, batched = MultiCropTransform(config), DeviceMultiCrop(config)
+            decode = DecodeResizeTransform(config)
+            batch = MultiCropCollator()([decode(image) for image in images])
+            batched(batch["images"], batch["image_sizes"], view_generator(0, 0))  # warm-up
+            times: dict[str, list[float]] = {"workers": [], "batched": []}
+            for repeat in range(args.decode_repeats):
+                start = time.thread_time()
+                for image in images:
+                    workers_views(image)
+                times["workers"].append(1e3 * (time.thread_time() - start) / len(images))
+                start = time.thread_time()
+                batched(batch["images"], batch["image_sizes"], view_generator(0, repeat + 1))
+                times["batched"].append(1e3 * (time.thread_time() - start) / len(images))
+            cpu, device = median(times["workers"]), median(times["batched"])
+            result[f"{global_size}+{local_size}"] = {"workers_ms": cpu, "batched_ms": device}
+            print(f"| {global_size} + {local_size} | {cpu:.2f} | {device:.2f} | {device / cpu:.2f} |", flush=True)
+    return result
+
+
 # ------------------------------------------------------------------------------------------------------ small run
 def tree_cpu_seconds() -> float:
     """CPU seconds of this process, its live children (DataLoader workers) and its reaped children."""
@@ -408,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(temporary)
         cache = root / "cache"
         train_dir = root / "jpegs"
-        if {"loader", "augment"} & set(args.sections):
+        if {"loader", "augment", "view-sizes"} & set(args.sections):
             write_jpegs(train_dir, args.num_images, args.width, args.height)
         if "decode" in args.sections:
             results["decode"] = decode_section(args, config)
@@ -416,6 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["loader"] = loader_section(args, config, train_dir, cache)
         if "augment" in args.sections:
             results["augment"] = augment_section(args, config, train_dir)
+        if "view-sizes" in args.sections:
+            results["view_sizes"] = view_sizes_section(args, train_dir)
         if "small-run" in args.sections:
             results["small_run"] = small_run_section(args, root, cache)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

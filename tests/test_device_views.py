@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
 from trainer import LeJepaTrainer, LeJepaTrainingArguments, resolve_augment_on_device
+from trainer.arguments import CPU_DEVICE_VIEWS_MAX_SIZE
 from trainer.data import (
     DecodeResizeTransform,
     MultiCropCollator,
@@ -268,8 +269,12 @@ def test_bad_images_are_skipped_and_counted_on_this_path(tmp_path):
 # -------------------------------------------------------------------------------------------------- trainer
 def test_option_resolution_and_error_when_off(tmp_path):
     args = LeJepaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    assert resolve_augment_on_device(args) is False  # auto: off on a CPU
-    assert resolve_augment_on_device(args, global_image_size=32) is False
+    assert resolve_augment_on_device(args) is False  # auto on a CPU: off when the view size is unknown,
+    assert resolve_augment_on_device(args, global_image_size=224) is False  # and for large views,
+    assert resolve_augment_on_device(args, global_image_size=CPU_DEVICE_VIEWS_MAX_SIZE + 1) is False
+    assert resolve_augment_on_device(args, global_image_size=CPU_DEVICE_VIEWS_MAX_SIZE) is True  # on for small ones
+    assert resolve_augment_on_device(args, global_image_size=32) is True
+    assert resolve_augment_on_device(args, False, global_image_size=32) is False
     assert resolve_augment_on_device(args, True) is True
     args.augment_on_device = True
     assert resolve_augment_on_device(args) is True

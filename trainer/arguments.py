@@ -35,7 +35,9 @@ class LeJepaTrainingArguments(TrainingArguments):
         augment_on_device (`bool`, *optional*):
             Make the multi-crop views on the training device (`trainer.data.device_views.DeviceMultiCrop`): DataLoader
             workers then only decode and resize each image once (`DecodeResizeTransform`) and hand over `uint8`.
-            `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and off on a CPU.
+            `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and, on a CPU, on
+            for global views of at most `CPU_DEVICE_VIEWS_MAX_SIZE` (96) pixels, where the batched pass is the cheaper
+            one, and off for larger views.
     """
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
@@ -91,7 +93,7 @@ class LeJepaTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Cut and augment the views on the training device in one batched pass (workers only decode and "
-            "resize). Default: on when training on an accelerator, off on a CPU."
+            "resize). Default: on when training on an accelerator; on a CPU, on for global views of at most 96 px."
         },
     )
 
@@ -105,17 +107,26 @@ def check_nonfinite_policy(policy: str) -> None:
         raise ValueError(f"`on_nonfinite_loss` must be 'raise' or 'skip', got {policy!r}.")
 
 
+# On a CPU, the largest global view side for which the views are made on the device by default. The batched pass
+# costs this fraction of the CPU time of the DataLoader workers' views (1 thread, 1024 x 768 JPEGs): 0.10 at 32 px,
+# 0.23 at 64, 0.39 at 96, 0.59 at 128, 1.27 at 224 (`benchmarks/bench_device_views.py --sections view-sizes`;
+# BENCHMARKS.md, "Views on the device"). It runs in series with the model where the workers run beside it, hence a
+# margin below the break-even point.
+CPU_DEVICE_VIEWS_MAX_SIZE = 96
+
+
 def resolve_augment_on_device(
     args: TrainingArguments, value: bool | None = None, global_image_size: int | None = None
 ) -> bool:
-    """Whether the views are made on the device: `value` if given, else `args.augment_on_device` when set, else
-    whether `args.device` is an accelerator (anything but the CPU). `global_image_size` is accepted for a size-based
-    CPU default: faster for small views on 2 CPU cores (BENCHMARKS.md, "Views on the device"), not adopted until the
-    built-in run's 800-step accuracy is compared on both paths."""
+    """Whether the views are made on the device: `value` if given, else `args.augment_on_device` when set, else on an
+    accelerator (anything but the CPU) always, and on a CPU when the global views are at most
+    `CPU_DEVICE_VIEWS_MAX_SIZE` pixels (`global_image_size`; unknown means off)."""
     value = lejepa_option(args, "augment_on_device", value)
     if value is not None:
         return bool(value)
-    return args.device.type != "cpu"
+    if args.device.type != "cpu":
+        return True
+    return global_image_size is not None and global_image_size <= CPU_DEVICE_VIEWS_MAX_SIZE
 
 
 def lejepa_option(args: TrainingArguments, name: str, value: Any = None) -> Any:
