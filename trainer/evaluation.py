@@ -16,8 +16,9 @@ Each image of a train and an eval split gives one embedding (the model's `pooler
 The metrics are computed by the `evaluate` module `trainer/metrics/frozen_embedding_eval` (loaded from its local
 folder: no download), which works on its own for embeddings from anywhere and holds the protocol's settings and their
 defaults (`FrozenEmbeddingArguments` reads them). `RawPixelEmbedding` and `random_init_like` are the baselines: the
-raw pixels and a random backbone of the same shape, through the same protocol. The `lejepa-evaluate` command
-(`trainer.cli.evaluate_main`) runs all of it on a checkpoint.
+raw pixels and a random backbone of the same shape, through the same protocol. `evaluate_embeddings` can read and
+save the embeddings through a disk cache (`trainer.embedding_cache.EmbeddingCache`). The `lejepa-evaluate` command
+(`trainer.cli.evaluate_main`, defined in `trainer.evaluation_command`) runs all of it on one or several checkpoints.
 """
 
 from __future__ import annotations

@@ -450,11 +450,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(models) == 1:
         everything = {"model_name_or_path": models[0]["model_name_or_path"], **dataset, **models[0]}
     else:
-        everything = {**dataset, "card_model": card_model, "models": [{**dataset, **m} for m in models]}
+        models = [{"model_name_or_path": m["model_name_or_path"], **dataset, **m} for m in models]
+        everything = {**dataset, "card_model": card_model, "models": models}
     output_file.write_text(json.dumps(everything, indent=2) + "\n", encoding="utf-8")
     logger.info("Wrote %s and %s", output_file, spectrum_plot_path)
     if args.update_model_card:
-        compared = [{key: m[key] for key in COMPARED_FIELDS} for m in models if m is not card_results]
+        compared = [{key: m[key] for key in COMPARED_FIELDS} for m in models if m["model_name_or_path"] != card_model]
         card = {**dataset, **card_results, **({"compared_models": compared} if compared else {})}
         _update_card(Path(card_model), card_config, card, card_embeddings)
     for results in models:
