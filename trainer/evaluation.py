@@ -41,7 +41,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging as hf_logging
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from model_cards.plots import plot_embedding_spectrum
 from modeling_lejepa import (
     LeJepaConfig,
     LeJepaModel,
@@ -509,6 +508,8 @@ def evaluate_embeddings(
         device=device,
     )
     if spectrum_plot_path is not None:
+        from model_cards.plots import plot_embedding_spectrum  # needs matplotlib, an extra
+
         plot_embedding_spectrum(eval_embeddings, spectrum_plot_path)
     metrics = compute_embedding_metrics(
         train_embeddings, train_labels, eval_embeddings, eval_labels, protocol=protocol
