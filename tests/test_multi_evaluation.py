@@ -30,7 +30,7 @@ from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining, LeJepaModel
 from trainer.cli import evaluate_main
 from trainer.data import load_digits_dataset
 from trainer.evaluation import default_image_processor, embed, evaluate_embeddings, random_init_like
-from trainer.evaluation_command import EvaluationArguments, load_model
+from trainer.evaluation_command import EvaluationArguments, load_model, model_labels
 from trainer.export import save_timm_native
 
 TINY_VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -160,6 +160,15 @@ def test_errors_name_the_model(tmp_path):
     with pytest.raises(ValueError, match="local checkpoint folder"):
         evaluate_main(["--model_name_or_path", lejepa, "org/hub-model", "--card_model", "org/hub-model",
                        "--update_model_card", *COMMON])
+
+
+def test_model_labels_are_short_and_distinct(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / run / "checkpoint").mkdir(parents=True)
+    (tmp_path / "lejepa").mkdir()
+    first, second = str(tmp_path / "a" / "checkpoint"), str(tmp_path / "b" / "checkpoint")
+    names = [str(tmp_path / "lejepa"), "facebook/dinov2-small", first, second]
+    assert model_labels(names) == ["lejepa", "facebook/dinov2-small", first, second]
 
 
 def test_each_family_gives_its_embedding(tmp_path):
