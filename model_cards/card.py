@@ -468,7 +468,8 @@ def update_model_card(
 ) -> ModelCard:
     """
     Adds evaluation results to the model card `card_dir/README.md` (written by `build_model_card` or
-    `build_backbone_model_card`): results for the same dataset, configuration and split are replaced, others kept.
+    `build_backbone_model_card`): results for the same dataset, configuration and split are replaced, others kept
+    (the models compared on a dataset are merged by name, `evaluation_section.merge_results`).
     The `model-index` metadata and the evaluation section of the body are rewritten; the rest is left as is.
 
     Args:

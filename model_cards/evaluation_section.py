@@ -1,9 +1,10 @@
 """The evaluation section of a model card and the evaluation results behind it.
 
 `render_evaluation_section` writes the section's Markdown (the results table, with the random-init and raw-pixel
-baselines as rows, the protocols and the spectrum plot) between `EVAL_SECTION_START` and `EVAL_SECTION_END`, and
-`hub_eval_results` gives the accuracies as the `model-index` metadata. The raw results rendered in a card are kept
-beside it in `lejepa_eval_results.json` (`read_results`, `write_results`, `merge_results`), so that evaluations on
+baselines and the models compared on the same images as rows, the protocols and the spectrum plot) between
+`EVAL_SECTION_START` and `EVAL_SECTION_END`, and `hub_eval_results` gives the card's own model's accuracies as the
+`model-index` metadata. The raw results rendered in a card are kept beside it in `lejepa_eval_results.json`
+(`read_results`, `write_results`, `merge_results`), so that evaluations on
 several datasets accumulate and a card rebuilt later keeps them.
 """
 
@@ -28,6 +29,10 @@ BASELINE_ROWS = {
 RAW_PIXEL_PROTOCOL = (
     "**Raw pixels**: the same k-NN and probe on the image as the model sees it (resized to its input resolution and "
     "normalised), flattened."
+)
+COMPARED_PROTOCOL = (
+    "**Other models**: evaluated on the same images with the same k-NN and probe, each with its own image processor "
+    "and embedding (`pooler_output`; for ViT and DeiT the final-normed CLS token)."
 )
 EVAL_SECTION_START = "<!-- lejepa-evaluation:start -->"
 EVAL_SECTION_END = "<!-- lejepa-evaluation:end -->"
@@ -75,6 +80,10 @@ def _result_row(result: Mapping[str, Any], model_label: str) -> dict[str, str]:
     }
 
 
+def _compared_label(compared: Mapping[str, Any]) -> str:
+    return str(compared.get("model_label") or compared.get("model_name_or_path") or "other model")
+
+
 def render_evaluation_section(
     eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, spectrum_plot: str | None = None
 ) -> str:
@@ -86,7 +95,9 @@ def render_evaluation_section(
             such as `knn_accuracy`, `linear_probe_accuracy`, `effective_rank`, `sigreg_statistic`, `dataset_name`,
             `eval_split`, and optionally `random_init_baseline` and `raw_pixel_baseline` with the same metrics for a
             randomly initialised backbone of the same shape and for the raw pixels at the model's input resolution:
-            one row each, after the model's).
+            one row each, after the model's; and optionally `compared_models`, a list of the same metrics for other
+            models evaluated on the same images by `lejepa-evaluate`, one row each, labelled by their `model_label`
+            or `model_name_or_path`).
         spectrum_plot (`str`, *optional*): relative path of the eigenvalue spectrum PNG to show.
     """
     results = as_result_list(eval_results)
@@ -96,11 +107,17 @@ def render_evaluation_section(
         for key, label in BASELINE_ROWS.items():
             if isinstance(result.get(key), Mapping):
                 rows.append(_result_row({**result, **result[key]}, label))
+        for compared in result.get("compared_models") or []:
+            rows.append(_result_row({**result, **compared}, _compared_label(compared)))
+            if compared.get("embedding_size") and compared["embedding_size"] not in sizes:
+                sizes.append(compared["embedding_size"])
         for key in ("knn_protocol", "linear_probe_protocol"):
             if result.get(key) and result[key] not in protocols:
                 protocols.append(result[key])
         if isinstance(result.get("raw_pixel_baseline"), Mapping) and RAW_PIXEL_PROTOCOL not in protocols:
             protocols.append(RAW_PIXEL_PROTOCOL)
+        if result.get("compared_models") and COMPARED_PROTOCOL not in protocols:
+            protocols.append(COMPARED_PROTOCOL)
         if result.get("embedding_size") and result["embedding_size"] not in sizes:
             sizes.append(result["embedding_size"])
     if rows and not protocols:
@@ -115,8 +132,9 @@ def render_evaluation_section(
 
 
 def hub_eval_results(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[EvalResult]:
-    """The accuracies of `eval_results` as `huggingface_hub.EvalResult`s for the card's `model-index` (the random-init
-    and raw-pixel baselines, the effective rank and the SIGReg statistic are only in the card's body)."""
+    """The accuracies of `eval_results` as `huggingface_hub.EvalResult`s for the card's `model-index`: the card's own
+    model's only (the random-init and raw-pixel baselines, the compared models, the effective rank and the SIGReg
+    statistic are only in the card's body)."""
     hub_results = []
     for result in as_result_list(eval_results):
         dataset_type = result.get("dataset_name") or "unknown"
@@ -143,10 +161,22 @@ def hub_eval_results(eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any
     return hub_results
 
 
+def _merge_compared(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` with the `compared_models` of `old` (a result of the same dataset and split) that `new` does not
+    re-evaluate (by `model_name_or_path`) kept before its own."""
+    compared = list(new.get("compared_models") or [])
+    names = {model.get("model_name_or_path") for model in compared}
+    kept = [dict(model) for model in old.get("compared_models") or [] if model.get("model_name_or_path") not in names]
+    return {**new, "compared_models": kept + compared} if kept or compared else dict(new)
+
+
 def merge_results(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`old` results with those of the same dataset, configuration and split replaced by `new` ones."""
+    """`old` results with those of the same dataset, configuration and split replaced by `new` ones; the compared
+    models of a replaced result are merged (`new`'s replace those of the same `model_name_or_path`, others stay)."""
+    old_by_key = {_result_key(result): result for result in old}
+    new = [_merge_compared(old_by_key.get(_result_key(result), {}), result) for result in new]
     new_keys = {_result_key(result) for result in new}
-    return [dict(r) for r in old if _result_key(r) not in new_keys] + [dict(r) for r in new]
+    return [dict(r) for r in old if _result_key(r) not in new_keys] + new
 
 
 def read_results(card_dir: Path) -> list[dict[str, Any]]:
@@ -172,6 +202,7 @@ def splice_evaluation_section(text: str, section: str) -> str:
 
 __all__ = [
     "BASELINE_ROWS",
+    "COMPARED_PROTOCOL",
     "EVAL_RESULTS_NAME",
     "EVAL_SECTION_END",
     "EVAL_SECTION_START",

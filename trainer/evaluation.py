@@ -16,14 +16,16 @@ Each image of a train and an eval split gives one embedding (the model's `pooler
 The metrics are computed by the `evaluate` module `trainer/metrics/frozen_embedding_eval` (loaded from its local
 folder: no download), which works on its own for embeddings from anywhere and holds the protocol's settings and their
 defaults (`FrozenEmbeddingArguments` reads them). `RawPixelEmbedding` and `random_init_like` are the baselines: the
-raw pixels and a random backbone of the same shape, through the same protocol. The `lejepa-evaluate` command
-(`trainer.cli.evaluate_main`) runs all of it on a checkpoint.
+raw pixels and a random backbone of the same shape, through the same protocol. `evaluate_embeddings` can read and
+save the embeddings through a disk cache (`trainer.embedding_cache.EmbeddingCache`). The `lejepa-evaluate` command
+(`trainer.cli.evaluate_main`, defined in `trainer.evaluation_command`) runs all of it on one or several checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -39,7 +41,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging as hf_logging
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from model_cards.plots import plot_embedding_spectrum
 from modeling_lejepa import (
     LeJepaConfig,
     LeJepaModel,
@@ -48,6 +49,7 @@ from modeling_lejepa import (
     pool_embedding,
 )
 
+from .embedding_cache import EmbeddingCache
 from .metrics import frozen_embedding_protocol, load_frozen_embedding_eval
 
 logger = logging.getLogger(__name__)
@@ -325,12 +327,24 @@ def _embed_splits(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     desc: str = "Embedding",
+    embedding_cache: EmbeddingCache | None = None,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`extract_embeddings` of both splits (`kwargs` go to it): train embeddings and labels, then eval ones."""
-    train = extract_embeddings(model, train_dataset, max_samples=max_train_samples, desc=f"{desc}: train", **kwargs)
-    evaluation = extract_embeddings(model, eval_dataset, max_samples=max_eval_samples, desc=f"{desc}: eval", **kwargs)
-    return (*train, *evaluation)
+    """`extract_embeddings` of both splits (`kwargs` go to it), through `embedding_cache` when given: train
+    embeddings and labels, then eval ones."""
+    key_names = ("image_processor", "image_column_name", "label_column_name")
+    key_args = {name: kwargs[name] for name in key_names if name in kwargs}
+    splits = (("train", train_dataset, max_train_samples), ("eval", eval_dataset, max_eval_samples))
+    arrays = []
+    for split, dataset, max_samples in splits:
+        label = f"{desc}: {split}"
+        compute = functools.partial(extract_embeddings, model, dataset, max_samples=max_samples, desc=label, **kwargs)
+        if embedding_cache is None:
+            arrays.extend(compute())
+        else:
+            cached = embedding_cache.load_or_compute(compute, dataset, label, max_samples=max_samples, **key_args)
+            arrays.extend(cached)
+    return tuple(arrays)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -451,6 +465,7 @@ def evaluate_embeddings(
     output_embeddings: bool = False,
     desc: str = "Embedding",
     protocol: FrozenEmbeddingArguments | None = None,
+    embedding_cache: EmbeddingCache | None = None,
     **kwargs,
 ) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
     """
@@ -469,6 +484,8 @@ def evaluate_embeddings(
         desc (`str`, *optional*, defaults to `"Embedding"`): label of the progress bars.
         protocol (`FrozenEmbeddingArguments`, *optional*) and `kwargs`: the protocol's settings, as in
             `compute_embedding_metrics`.
+        embedding_cache (`trainer.embedding_cache.EmbeddingCache`, *optional*): the model's embeddings on disk: a
+            split found there is read instead of embedded, one that is not is embedded and saved.
         Other arguments: see `extract_embeddings`.
 
     Returns:
@@ -483,6 +500,7 @@ def evaluate_embeddings(
         max_train_samples,
         max_eval_samples,
         desc,
+        embedding_cache,
         image_processor=image_processor,
         image_column_name=image_column_name,
         label_column_name=label_column_name,
@@ -490,6 +508,8 @@ def evaluate_embeddings(
         device=device,
     )
     if spectrum_plot_path is not None:
+        from model_cards.plots import plot_embedding_spectrum  # needs matplotlib, an extra
+
         plot_embedding_spectrum(eval_embeddings, spectrum_plot_path)
     metrics = compute_embedding_metrics(
         train_embeddings, train_labels, eval_embeddings, eval_labels, protocol=protocol
