@@ -14,16 +14,22 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import matplotlib
-except ImportError as error:
-    raise ImportError(
-        "The model card's figures need matplotlib: `pip install 'lejepa-hf[train]'` (or `[eval]`, or `pip install "
-        "matplotlib`)."
-    ) from error
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
+def _pyplot() -> Any:
+    """`matplotlib.pyplot` with the `Agg` backend, imported when a figure is drawn (matplotlib is in the `train`
+    and `eval` extras, so that the model card code imports without it)."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "The model card's figures need matplotlib: `pip install 'lejepa-hf[train]'` (or `[eval]`, or `pip "
+            "install matplotlib`)."
+        ) from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # the backend is chosen before pyplot is imported
+
+    return plt
+
 
 # (log_history key, panel title) of the three terms of the LeJEPA loss, as `LeJepaTrainer` logs them.
 LOSS_KEYS: tuple[tuple[str, str], ...] = (
@@ -115,6 +121,7 @@ def plot_loss_curves(log_history: Iterable[Mapping[str, Any]], path: str | os.Pa
     panels = [panel for panel in panels if panel[2]]
     if not panels:
         return None
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (key, title, lines) in zip(axes[0], panels):
         for label, steps, values in lines:
@@ -153,6 +160,7 @@ def plot_embedding_spectrum(embeddings: np.ndarray, path: str | os.PathLike, tit
     floor = positive.min() * 1e-1 if positive.size else 1e-12
     ranks = np.arange(1, dim + 1)
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ranks, np.maximum(eigenvalues, floor), marker="." if dim <= 64 else None, label="embedding covariance")
     mean_eigenvalue = eigenvalues.mean()
@@ -178,5 +186,5 @@ def _save_figure(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

@@ -56,10 +56,16 @@ model = AutoModel.from_config(modeling_lejepa.LeJepaConfig.from_preset("vit-tiny
 report["auto_model"] = type(model).__name__
 args = TrainingArguments(output_dir="unused", use_cpu=True, dataloader_num_workers=0, report_to="none")
 report["stream_state_callback"] = repr(stream_state_callback(Accelerator(cpu=True), args))
+import model_cards  # noqa: E402
+import trainer.cli  # noqa: E402, F401  (the console commands lejepa-evaluate and lejepa-export-backbone)
+import trainer.evaluation  # noqa: E402, F401
+import trainer.export  # noqa: E402, F401
+
+report["commands"] = "imported"
 try:
-    import model_cards  # noqa: F401
+    model_cards.plot_embedding_spectrum(np.eye(4), "unused.png")
 except ImportError as error:
-    report["model_cards"] = str(error)
+    report["plot"] = str(error)
 try:
     rng = np.random.default_rng(0)
     protocol = frozen_embedding_protocol()
