@@ -33,8 +33,14 @@ def load_digits_dataset(image_size: int = 32, seed: int = 0, test_fraction: floa
         `datasets.DatasetDict`: "train" and "test" splits with columns "image" (`datasets.Image`) and "label"
         (`datasets.ClassLabel` with names "0" to "9").
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ImportError(
+            "The built-in digits ship with scikit-learn: `pip install 'lejepa-hf[train]'` (or `[eval]`, or `pip "
+            "install scikit-learn`)."
+        ) from error
 
     if image_size < 1:
         raise ValueError(f"`image_size` must be positive, got {image_size}.")
@@ -101,7 +107,8 @@ def _read_packaged_photo(package: str, filename: str) -> PIL.Image.Image:
         distribution = {"skimage.data": "scikit-image", "sklearn.datasets": "scikit-learn"}.get(package, package)
         raise FileNotFoundError(
             f"The built-in photos need {filename!r} from the {package!r} package, which is not installed or lacks "
-            f"it ({error}). Install it with `pip install {distribution}`, or use `--builtin_dataset digits`."
+            f"it ({error}). Install it with `pip install 'lejepa-hf[train]'` (or `[eval]`, or `pip install "
+            f"{distribution}`), or use `--builtin_dataset digits`."
         ) from error
     return to_rgb_image(decode_image(data))
 
