@@ -7,7 +7,8 @@ Sections (`--sections`, all by default), each a side-by-side comparison in one r
 1. `decode`: CPU milliseconds (thread time, 1 thread) to turn one 1024 x 768 JPEG into the bounded `uint8` image the
    device path needs (`DecodeResizeTransform`'s size, 184,320 pixels for 2 x 224 + 6 x 96 views): Pillow's full
    decode then resize, Pillow's reduced-size decode (`Image.draft`, libjpeg DCT scaling: what `decode_image(
-   min_pixels=...)` does), and `torchvision.io.decode_jpeg` (libjpeg-turbo) then an antialiased tensor resize.
+   min_pixels=...)` does), and `torchvision.io.decode_jpeg` (libjpeg-turbo) then an antialiased tensor resize; and,
+   as a floor, Pillow's decode at libjpeg's smallest scale (1/8: mostly the entropy decoding, which no scaling saves).
 2. `loader`: the real loader (`load_pretraining_dataset(train_dir=...)` -> `prepare_pretraining_dataset` ->
    `MultiCropCollator` in a `DataLoader`) on a folder of 1024 x 768 JPEGs, with the CPU path's `MultiCropTransform`
    and with the device path's `DecodeResizeTransform`, interleaved: images per second and images per worker
@@ -132,9 +133,17 @@ def decode_section(args: argparse.Namespace, config: MultiCropConfig) -> dict[st
         width, height = transform.output_size(pixels.shape[-1], pixels.shape[-2])
         return F.resize(pixels, [height, width], antialias=True)
 
+    def pillow_eighth(data: bytes) -> torch.Tensor:
+        # libjpeg's smallest scale: mostly the entropy decoding, which no DCT scaling saves (too few pixels to use)
+        image = PIL.Image.open(io.BytesIO(data))
+        image.draft("RGB", (image.width // 8, image.height // 8))
+        image.load()
+        return transform(image)["images"]
+
     functions = {"Pillow, full decode + resize": pillow_full,
                  "Pillow, reduced-size decode (Image.draft) [+ resize]": pillow_reduced,
-                 "torchvision.io.decode_jpeg + antialiased resize": torchvision_decode}
+                 "torchvision.io.decode_jpeg + antialiased resize": torchvision_decode,
+                 "Pillow at 1/8 scale (the entropy-decoding floor, not usable)": pillow_eighth}
     times: dict[str, list[float]] = {name: [] for name in functions}
     shapes = {name: tuple(function(blobs[0]).shape) for name, function in functions.items()}
     with threads(1):

@@ -206,6 +206,49 @@ def test_mixed_sizes_shapes_dtypes_and_no_padding_leak():
                                        rtol=0)
 
 
+def reference_canvas(images: list[torch.Tensor]) -> torch.Tensor:
+    """The collator's canvas built naively: zeros, each image at the top left, its last column then its last row
+    (with the corner) repeated once."""
+    height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
+    canvas = torch.zeros(len(images), 3, height + 1, width + 1, dtype=torch.uint8)
+    for slot, image in zip(canvas, images):
+        h, w = image.shape[1:]
+        slot[:, :h, :w] = image
+        slot[:, :h, w] = image[:, :, -1]
+        slot[:, h, : w + 1] = slot[:, h - 1, : w + 1]
+    return canvas[:, :, :height, :width]
+
+
+def _collate_in_worker(examples: list[dict]) -> dict:
+    return MultiCropCollator()(examples)
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["main-process", "worker-shared-memory"])
+def test_canvas_matches_naive_reference_channels_last(workers):
+    """The canvas of mixed-size images (in a DataLoader worker: built in shared memory and sent to the main process)
+    equals a naively built one, padding included, and is stored channels last; the views made from it equal the
+    views made from a contiguous copy."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(20, 90), (64, 48), (7, 5), (64, 90), (1, 1)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in shapes]
+    examples = [{"images": image} for image in images]
+    # as `pil_to_tensor` returns them: a (3, h, w) view of a (h, w, 3) array, and one contiguous (3, h, w) image
+    examples = [{"images": image.permute(1, 2, 0).contiguous().permute(2, 0, 1)} for image in images[:-1]]
+    examples.append({"images": images[-1]})
+    loader = torch.utils.data.DataLoader([examples], batch_size=None, num_workers=workers,
+                                         collate_fn=_collate_in_worker)
+    batch = next(iter(loader))
+    canvas = batch["images"]
+    assert canvas.shape == (5, 3, 64, 90) and canvas.dtype == torch.uint8
+    assert canvas.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(canvas, reference_canvas(images))
+    assert batch["image_sizes"].tolist() == [list(shape) for shape in shapes]
+    views = DeviceMultiCrop(MultiCropConfig(global_image_size=32, local_image_size=16))
+    output = views(canvas, batch["image_sizes"], view_generator(0, 0))
+    expected = views(canvas.contiguous(), batch["image_sizes"], view_generator(0, 0))
+    assert all(torch.equal(output[key], expected[key]) for key in output)
+
+
 def test_same_seed_same_views_other_step_or_process_other_views():
     views = DeviceMultiCrop(MultiCropConfig(global_image_size=32, local_image_size=16))
     images = torch.stack([smooth_image(48, 64, seed) for seed in range(4)])

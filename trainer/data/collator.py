@@ -211,9 +211,10 @@ class MultiCropCollator:
     copied once, by a single `torch.stack` per key.
 
     Examples from `DecodeResizeTransform` (`augment_on_device`) carry one `uint8` image `"images"` `(3, h, w)` each
-    instead of views: they are copied once into a canvas `images` `(B, 3, H_max, W_max)` (`uint8`, the images at the
-    top left; each image's last row and column are repeated once into the padding, so that bilinear crops touching
-    its border see its own edge) with their true sizes in `image_sizes` `(B, 2)` (height, width).
+    instead of views: they are copied once into a canvas `images` `(B, 3, H_max, W_max)` (`uint8`, stored channels
+    last, the images at the top left; each image's last row and column are repeated once into the padding, so that
+    bilinear crops touching its border see its own edge, and the rest of the padding is zero) with their true sizes
+    in `image_sizes` `(B, 2)` (height, width).
 
     Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a
     batch may be smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep
@@ -246,17 +247,20 @@ class MultiCropCollator:
 
     def _pad(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The `uint8` images `(3, h, w)` in one canvas `(B, 3, H_max, W_max)` (in shared memory inside workers) and
-        their sizes `(B, 2)`."""
+        their sizes `(B, 2)`.
+
+        The canvas is stored channels last (`(B, H_max, W_max, 3)` in memory, the layout of a decoded image), so that
+        each image is copied in whole rows; `DeviceMultiCrop` makes it contiguous on the training device.
+        """
         sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.long)
         height, width = (int(value) for value in sizes.max(dim=0).values)
-        shape = (len(images), 3, height, width)
+        shape = (len(images), height, width, 3)
         if self.shared_memory and get_worker_info() is not None:
             storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
             canvas = images[0].new(storage).resize_(*shape)
         else:
             canvas = images[0].new_empty(shape)
-        if bool((sizes != sizes[0]).any()):
-            canvas.zero_()  # the padding beyond the repeated row and column is never sampled, but keep it defined
+        canvas = canvas.permute(0, 3, 1, 2)  # (B, 3, H_max, W_max), channels last
         for slot, image in zip(canvas, images):
             h, w = image.shape[-2:]
             slot[:, :h, :w] = image
@@ -264,6 +268,9 @@ class MultiCropCollator:
                 slot[:, :h, w] = image[:, :, w - 1]
             if h < height:
                 slot[:, h, : min(w + 1, width)] = slot[:, h - 1, : min(w + 1, width)]
+            # the padding beyond the repeated row and column is never sampled, but keep it defined
+            slot[:, h + 1 :].zero_()
+            slot[:, : h + 1, w + 1 :].zero_()
         return {"images": canvas, "image_sizes": sizes}
 
     def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:

@@ -272,7 +272,8 @@ class DeviceMultiCrop:
                 f"Expected a uint8 batch of shape (B, 3, H, W), got {images.dtype} of shape {tuple(images.shape)}."
             )
         batch_size = images.shape[0]
-        pixels = images.to(torch.float32).div_(255.0)  # (B, 3, H, W) in [0, 1]
+        # (B, 3, H, W) in [0, 1], contiguous (the collator's canvas is channels last)
+        pixels = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
         c = self.config
         mean = _to_device(torch.tensor(c.image_mean, dtype=torch.float32), images.device).view(1, 3, 1, 1)
         std = _to_device(torch.tensor(c.image_std, dtype=torch.float32), images.device).view(1, 3, 1, 1)
