@@ -77,7 +77,7 @@ def test_loss_study_quick(tmp_path):
 def test_bench_device_views_quick(capsys):
     bench = load("bench_device_views")
     result = bench.main(["--quick", "--sections", "decode", "loader", "augment"])
-    assert len(result["decode"]) == 3 and all(ms > 0 for ms in result["decode"].values())
+    assert len(result["decode"]) == 4 and all(ms > 0 for ms in result["decode"].values())
     assert result["loader"]["cpu_ratio"] > 1  # views made in the worker cost more CPU than decoding alone
     assert result["augment"]["cpu_ms_1"] > 0
     assert "CPU per image, CPU path / device path" in capsys.readouterr().out
