@@ -231,7 +231,6 @@ def test_canvas_matches_naive_reference_channels_last(workers):
     generator = torch.Generator().manual_seed(0)
     shapes = [(20, 90), (64, 48), (7, 5), (64, 90), (1, 1)]
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in shapes]
-    examples = [{"images": image} for image in images]
     # as `pil_to_tensor` returns them: a (3, h, w) view of a (h, w, 3) array, and one contiguous (3, h, w) image
     examples = [{"images": image.permute(1, 2, 0).contiguous().permute(2, 0, 1)} for image in images[:-1]]
     examples.append({"images": images[-1]})
