@@ -380,6 +380,7 @@ def train(trainer: LeJepaTrainer, training_args: LeJepaTrainingArguments) -> Non
             f"Stopped by {signal.Signals(trainer.stopped_by_signal).name} at step {trainer.state.global_step}; "
             "exiting without the final save and evaluation."
         )
+        trainer.accelerator.end_training()
         sys.exit(128 + trainer.stopped_by_signal)
     if trainer.state.global_step == 0:
         raise RuntimeError(
@@ -479,6 +480,7 @@ def main() -> None:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if not training_args.do_train:
+        trainer.accelerator.end_training()
         return
 
     # 10. Built-in data: k-NN and linear probe of the learned embeddings, of a random backbone and of the raw pixels
@@ -496,6 +498,10 @@ def main() -> None:
         write_model_card(trainer, data_args.dataset_name, base_model, eval_results)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name, finetuned_from=base_model)
+
+    # 12. The process group is destroyed while the interpreter is whole: a gloo group left to the interpreter's exit
+    #     can abort the process (SIGABRT) after a successful run, and NCCL warns of leaked resources
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

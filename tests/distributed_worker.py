@@ -1,7 +1,6 @@
 """Worker for tests/test_distributed.py, run by `accelerate launch` on 1 or 2 CPU processes (gloo).
 
-Usage: python distributed_worker.py {data,gradients,train,evaluate} OUTPUT_DIR [--batch_norm]
-Usage: python distributed_worker.py {data,gradients,train,device_views} OUTPUT_DIR [--batch_norm]
+Usage: python distributed_worker.py {data,gradients,train,evaluate,device_views} OUTPUT_DIR [--batch_norm]
 Writes its findings as JSON / torch files into OUTPUT_DIR for the test to compare with a single-process reference.
 """
 
@@ -10,6 +9,7 @@ import os
 import sys
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 from transformers import TrainingArguments
 
@@ -192,3 +192,4 @@ if __name__ == "__main__":
         check_device_views(output_dir)
     else:
         check_training(output_dir, batch_norm="--batch_norm" in sys.argv)
+    PartialState().destroy_process_group()  # as run_pretraining.py does: a gloo group left to the exit can abort it

@@ -101,6 +101,7 @@ def main() -> None:
     }
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    trainer.accelerator.end_training()  # as run_pretraining.py does: a gloo group left to the exit can abort it
 
 
 if __name__ == "__main__":

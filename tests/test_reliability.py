@@ -57,6 +57,23 @@ def png_bytes(seed: int, size: int = 16) -> bytes:
     return buffer.getvalue()
 
 
+def test_a_finished_run_destroys_its_process_group(tmp_path, monkeypatch):
+    """A gloo group left to the interpreter's exit can abort a process after a successful run (SIGABRT from gloo's
+    threads; seen in CI under `accelerate launch`), so `main()` destroys the group it trained in."""
+    import torch.distributed as dist
+
+    data = write_parquet(tmp_path / "train.parquet", num_good=16, bad=[])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        run_main(monkeypatch, tmp_path / "out", "--data_files", str(data), "--cache_dir", str(tmp_path / "cache"),
+                 "--max_steps", "1")
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
 def jpeg_bytes(seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(buffer, "JPEG")
