@@ -327,6 +327,14 @@ def test_option_resolution_and_error_when_off(tmp_path):
         trainer._prepare_inputs(batch)
 
 
+def test_settings_the_device_path_does_not_make_are_refused():
+    refused = r"resized bilinearly .* `interpolation='bicubic'` was asked for.*`augment_on_device=False`"
+    with pytest.raises(ValueError, match=refused):
+        DeviceMultiCrop(MultiCropConfig(interpolation="bicubic"))
+    with pytest.raises(ValueError, match=r"`hue` must be in \[0, 0.5\]"):
+        DeviceMultiCrop(MultiCropConfig(hue=0.6))
+
+
 def load_bench_gpu():
     spec = importlib.util.spec_from_file_location("bench_gpu_for_flops", REPO_ROOT / "benchmarks" / "bench_gpu.py")
     module = importlib.util.module_from_spec(spec)

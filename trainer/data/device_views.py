@@ -147,6 +147,12 @@ class DeviceMultiCrop:
         self._jitter_enabled = [strength > 0 for strength in (c.brightness, c.contrast, c.saturation, c.hue)]
         if not 0.0 <= c.hue <= 0.5:
             raise ValueError(f"`hue` must be in [0, 0.5], got {c.hue}.")
+        if c.interpolation != "bilinear":
+            raise ValueError(
+                f"The views made on the device are resized bilinearly (`torchvision.ops.roi_align`), but "
+                f"`interpolation={c.interpolation!r}` was asked for: use `interpolation='bilinear'`, or make the "
+                "views in the DataLoader workers (`augment_on_device=False`, `MultiCropTransform`)."
+            )
 
     @classmethod
     def from_lejepa_config(cls, config: Any, image_processor: Any = None, **overrides) -> DeviceMultiCrop:

@@ -63,7 +63,7 @@ class MultiCropConfig:
         local_crop_scale (`tuple[float, float]`, defaults to `(0.05, 0.3)`): `RandomResizedCrop` area range.
         crop_ratio (`tuple[float, float]`, defaults to `(3/4, 4/3)`): `RandomResizedCrop` aspect ratio range.
         interpolation (`str`, defaults to `"bilinear"`): `"bilinear"`, `"bicubic"` or `"nearest"` (antialiased
-            when downsampling).
+            when downsampling); the views made on the device (`DeviceMultiCrop`) take only `"bilinear"`.
         horizontal_flip_prob (`float`, defaults to 0.5).
         color_jitter_prob (`float`, defaults to 0.8): probability of applying the `ColorJitter` below.
         brightness, contrast, saturation, hue (`float`, default to 0.4, 0.4, 0.2, 0.1): `ColorJitter` strengths.
