@@ -88,3 +88,25 @@ def test_invalid_nonfinite_policy():
         LeJepaTrainer(model=LeJepaForPreTraining(LeJepaConfig.from_preset("vit-tiny-test")),
                       args=TrainingArguments(output_dir="unused", use_cpu=True, report_to="none"),
                       on_nonfinite_loss="ignore")
+
+
+def test_no_pin_memory_without_an_accelerator(tmp_path):
+    """PyTorch warns at every DataLoader iterator that pinning needs an accelerator; `TrainingArguments` turns pinning
+    off only with `use_cpu`, `LeJepaTrainingArguments` wherever there is no accelerator."""
+    import warnings
+
+    from trainer import LeJepaTrainingArguments
+
+    args = LeJepaTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
+                                   report_to="none", save_strategy="no", dataloader_num_workers=0)
+    assert args.dataloader_pin_memory is torch.accelerator.is_available()
+    unpinned = LeJepaTrainingArguments(output_dir=str(tmp_path), dataloader_pin_memory=False)
+    assert unpinned.dataloader_pin_memory is False
+    trainer = LeJepaTrainer(
+        model=LeJepaForPreTraining(LeJepaConfig.from_preset("vit-tiny-test", num_local_views=2)), args=args,
+        train_dataset=Dataset.from_dict({"index": list(range(8))}).with_transform(views), data_collator=collate,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "pin_memory" in str(w.message)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 NONFINITE_LOSS_POLICIES = ("raise", "skip")
@@ -16,9 +17,10 @@ class LeJepaTrainingArguments(TrainingArguments):
     [`~transformers.TrainingArguments`] with the LeJEPA recipe as defaults (AdamW, lr 5e-4, weight decay 0.05, linear
     warmup then cosine decay to lr / 1000, batches of 128 images, also in evaluation; DDP without
     `find_unused_parameters`: LeJEPA uses every parameter in every step; `do_train` on, so that `run_pretraining.py`
-    trains unless given `--do_train False`) and the options that [`LeJepaTrainer`] reads from `self.args`, as
-    `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain `TrainingArguments`,
-    `LeJepaTrainer` uses the defaults below.
+    trains unless given `--do_train False`; `dataloader_pin_memory` off where there is no accelerator, where pinning
+    does nothing and PyTorch warns so at every DataLoader iterator) and the options that [`LeJepaTrainer`] reads from
+    `self.args`, as `Seq2SeqTrainer` reads its generation options from `Seq2SeqTrainingArguments`. With plain
+    `TrainingArguments`, `LeJepaTrainer` uses the defaults below.
 
     Args:
         online_probe (`bool`, *optional*, defaults to `True`):
@@ -100,6 +102,8 @@ class LeJepaTrainingArguments(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         check_nonfinite_policy(self.on_nonfinite_loss)
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # `TrainingArguments` does so only with `use_cpu`
 
 
 def check_nonfinite_policy(policy: str) -> None:
