@@ -273,15 +273,27 @@ def load_data(data_args: DataArguments, model_args: ModelArguments, seed: int, b
 
 
 def prepare_training_data(
-    data: PretrainingData, views: MultiCropConfig, augment_on_device: bool, data_args: DataArguments
+    data: PretrainingData,
+    views: MultiCropConfig,
+    augment_on_device: bool,
+    data_args: DataArguments,
+    decode_on_device: bool = False,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, int | None]:
     """
     The training dataset with robust decoding and its views made on the fly (no preprocessing pass; bad images skipped
     and counted): by the DataLoader workers, or, with `augment_on_device`, cut and augmented by the trainer on the
-    device from images the workers only decode and resize once. Also the number of classes for the online probe
-    (`None` without labels, and for streams).
+    device from images the workers only decode and resize once (with `decode_on_device`, JPEGs are decoded on the
+    device too). Also the number of classes for the online probe (`None` without labels, and for streams).
     """
-    transform = DecodeResizeTransform(views) if augment_on_device else MultiCropTransform(views)
+    if decode_on_device and not augment_on_device:
+        raise ValueError(
+            "`--decode_on_device` decodes JPEGs on the device for the views made there: it needs "
+            "`--augment_on_device` (which is off here)."
+        )
+    if augment_on_device:
+        transform = DecodeResizeTransform(views, decode_on_device=decode_on_device)
+    else:
+        transform = MultiCropTransform(views)
     logger.info(f"Views made {'on the device' if augment_on_device else 'in the DataLoader workers'}: {transform}")
     num_labels = None
     if data.label_column is not None and not data_args.streaming:  # the trainer's probe follows `--online_probe`
@@ -445,7 +457,9 @@ def main() -> None:
         config, image_processor=image_processor, **(recipe.transform if recipe is not None else {})
     )
     augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
-    train_dataset, num_labels = prepare_training_data(data, views, augment_on_device, data_args)
+    train_dataset, num_labels = prepare_training_data(
+        data, views, augment_on_device, data_args, training_args.decode_on_device
+    )
     configure_data_loading(training_args, data_args.streaming, given)
 
     # 6. Validation: the loss on fixed views of each validation image, and with labelled data the k-NN accuracy of the

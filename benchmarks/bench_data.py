@@ -126,7 +126,11 @@ def _workers_cpu_seconds(iterator) -> float | None:
 
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:
-    return (batch["pixel_values"] if "pixel_values" in batch else batch["images"]).shape[0]
+    """Images of a batch of views (`pixel_values`), or of uint8 images (`images`) and JPEG bytes left to the device
+    (`jpeg_bytes`, `decode_on_device`)."""
+    if "pixel_values" in batch:
+        return batch["pixel_values"].shape[0]
+    return (batch["images"].shape[0] if "images" in batch else 0) + len(batch.get("jpeg_bytes") or [])
 
 
 def loader_throughput(dataset, num_workers: int, args: argparse.Namespace, seed: int) -> tuple[float, float | None]:
@@ -150,7 +154,7 @@ def loader_throughput(dataset, num_workers: int, args: argparse.Namespace, seed:
             next(iterator)
         cpu_start = _workers_cpu_seconds(iterator)
         start = time.perf_counter()
-        # views made in the workers (`pixel_values`), or uint8 images for views made on the device (`images`)
+        # views made in the workers, or uint8 images (or JPEG bytes) for views made on the device
         images = sum(_batch_size(next(iterator)) for _ in range(args.num_batches))
         elapsed = time.perf_counter() - start
         cpu_end = _workers_cpu_seconds(iterator)

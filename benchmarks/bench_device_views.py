@@ -7,12 +7,15 @@ Sections (`--sections`, all by default), each a side-by-side comparison in one r
 1. `decode`: CPU milliseconds (thread time, 1 thread) to turn one 1024 x 768 JPEG into the bounded `uint8` image the
    device path needs (`DecodeResizeTransform`'s size, 184,320 pixels for 2 x 224 + 6 x 96 views): Pillow's full
    decode then resize, Pillow's reduced-size decode (`Image.draft`, libjpeg DCT scaling: what `decode_image(
-   min_pixels=...)` does), and `torchvision.io.decode_jpeg` (libjpeg-turbo) then an antialiased tensor resize; and,
-   as a floor, Pillow's decode at libjpeg's smallest scale (1/8: mostly the entropy decoding, which no scaling saves).
+   min_pixels=...)` does), `torchvision.io.decode_jpeg` (libjpeg-turbo) then an antialiased tensor resize,
+   torchcodec's `decode_jpeg` then `DecodeResizeTransform.resize_on_device` (what `decode_on_device` does on a device
+   without nvJPEG, such as this CPU); and, as a floor, Pillow's decode at libjpeg's smallest scale (1/8: mostly the
+   entropy decoding, which no scaling saves).
 2. `loader`: the real loader (`load_pretraining_dataset(train_dir=...)` -> `prepare_pretraining_dataset` ->
-   `MultiCropCollator` in a `DataLoader`) on a folder of 1024 x 768 JPEGs, with the CPU path's `MultiCropTransform`
-   and with the device path's `DecodeResizeTransform`, interleaved: images per second and images per worker
-   CPU-second (the workers' user + system time from `/proc`).
+   `MultiCropCollator` in a `DataLoader`) on a folder of 1024 x 768 JPEGs, with the CPU path's `MultiCropTransform`,
+   with the device path's `DecodeResizeTransform`, and with it under `decode_on_device` (the worker only reads each
+   JPEG's bytes and header), interleaved: images per second and images per worker CPU-second (the workers' user +
+   system time from `/proc`).
 3. `augment`: the device augmentation's own cost on this CPU (`DeviceMultiCrop` on a batch of decoded images, 1 and 2
    threads), and the choice of crop: `torchvision.ops.roi_align` (adaptive sampling) against
    `kornia.geometry.transform.crop_and_resize`, time and mean absolute difference from torchvision's antialiased
@@ -133,6 +136,12 @@ def decode_section(args: argparse.Namespace, config: MultiCropConfig) -> dict[st
         width, height = transform.output_size(pixels.shape[-1], pixels.shape[-2])
         return F.resize(pixels, [height, width], antialias=True)
 
+    def torchcodec_decode(data: bytes) -> torch.Tensor:  # what `decode_on_device` runs on a device without nvJPEG
+        from trainer.data.device_views import decode_jpegs
+
+        pixels = decode_jpegs([np.frombuffer(data, dtype=np.uint8).copy()], torch.device("cpu"))[0]
+        return transform.resize_on_device(pixels)
+
     def pillow_eighth(data: bytes) -> torch.Tensor:
         # libjpeg's smallest scale: mostly the entropy decoding, which no DCT scaling saves (too few pixels to use)
         image = PIL.Image.open(io.BytesIO(data))
@@ -143,6 +152,7 @@ def decode_section(args: argparse.Namespace, config: MultiCropConfig) -> dict[st
     functions = {"Pillow, full decode + resize": pillow_full,
                  "Pillow, reduced-size decode (Image.draft) [+ resize]": pillow_reduced,
                  "torchvision.io.decode_jpeg + antialiased resize": torchvision_decode,
+                 "torchcodec decode_jpeg on the CPU + resize_on_device (decode_on_device's work)": torchcodec_decode,
                  "Pillow at 1/8 scale (the entropy-decoding floor, not usable)": pillow_eighth}
     times: dict[str, list[float]] = {name: [] for name in functions}
     shapes = {name: tuple(function(blobs[0]).shape) for name, function in functions.items()}
@@ -172,6 +182,8 @@ def loader_section(args: argparse.Namespace, config: MultiCropConfig, train_dir:
             dataset, MultiCropTransform(config), image_column),
         "device path (DecodeResizeTransform: decode + resize once)": prepare_pretraining_dataset(
             dataset, DecodeResizeTransform(config), image_column),
+        "device path, decode_on_device (the worker reads the JPEG's bytes and header)": prepare_pretraining_dataset(
+            dataset, DecodeResizeTransform(config, decode_on_device=True), image_column),
     }
     rates: dict[str, list[float]] = {name: [] for name in datasets_by_path}
     cpu_rates: dict[str, list[float]] = {name: [] for name in datasets_by_path}
@@ -187,6 +199,7 @@ def loader_section(args: argparse.Namespace, config: MultiCropConfig, train_dir:
     result = {name: {"images_per_s": median(rates[name]), "images_per_cpu_s": median(cpu_rates[name])}
               for name in names}
     ratio = result[names[1]]["images_per_cpu_s"] / result[names[0]]["images_per_cpu_s"]
+    bytes_ratio = result[names[2]]["images_per_cpu_s"] / result[names[0]]["images_per_cpu_s"]
     print(f"\n### Loader, 1 DataLoader worker, batch {args.batch_size}, {args.num_batches} timed batches, median of "
           f"{args.repeats} interleaved repeats\n")
     print("| path | images/s (wall) | images per worker CPU-second | CPU seconds per image |")
@@ -195,8 +208,9 @@ def loader_section(args: argparse.Namespace, config: MultiCropConfig, train_dir:
         value = result[name]
         print(f"| {name} | {value['images_per_s']:.1f} | {value['images_per_cpu_s']:.1f} | "
               f"{1 / value['images_per_cpu_s']:.4f} |")
-    print(f"\nCPU per image, CPU path / device path: **{ratio:.1f}x**")
-    return {"paths": result, "cpu_ratio": ratio}
+    print(f"\nCPU per image, CPU path / device path: **{ratio:.1f}x**; CPU path / device path with decode_on_device "
+          f"(the decoding then runs on the device; the decode section has its cost on a CPU): **{bytes_ratio:.0f}x**")
+    return {"paths": result, "cpu_ratio": ratio, "decode_on_device_cpu_ratio": bytes_ratio}
 
 
 # -------------------------------------------------------------------------------------------------------- augment

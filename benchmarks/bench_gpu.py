@@ -33,8 +33,10 @@ on the GPU, so that the difference to `loop` is the trainer's own cost; `end-to-
 data path: a folder of generated 1024 x 768 JPEGs (`--e2e-images`) -> `load_pretraining_dataset(train_dir=...)` ->
 `prepare_pretraining_dataset` with `DecodeResizeTransform` (reduced-size decode, resize once, uint8) ->
 `MultiCropCollator` in a `DataLoader` with `--loader-workers` persistent workers (pinned memory) -> the batch copied to
-the GPU -> `DeviceMultiCrop` (all views of the batch cut and augmented on the GPU) -> the same training step. Its
-images/s is also given as a fraction of the `loop` mode's (synthetic inputs) when both run.
+the GPU -> `DeviceMultiCrop` (all views of the batch cut and augmented on the GPU) -> the same training step;
+`end-to-end-decode`, the same with `decode_on_device`: the workers only read each JPEG's bytes and header, and the
+JPEGs are decoded (torchcodec: nvJPEG) and resized on the GPU (`append_device_decoded`). Their images/s is also given
+as a fraction of the `loop` mode's (synthetic inputs) when both run.
 
 Usage (from the repository root; `benchmarks/gpu.sh` wraps it for the GPU machine):
 
@@ -71,7 +73,8 @@ import transformers  # noqa: E402
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining  # noqa: E402
 
-MODES = ("loop", "host-syncs", "trainer", "end-to-end")
+MODES = ("loop", "host-syncs", "trainer", "end-to-end", "end-to-end-decode")
+END_TO_END_MODES = ("end-to-end", "end-to-end-decode")
 DEFAULT_BATCH_SIZES = {"vit-base-patch16": 128, "vit-huge-patch14": 64, "vit-large-patch14": 96, "resnet-50": 128}
 # Dense bf16 tensor-core peaks (FLOP/s), matched against torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -257,7 +260,7 @@ class _EndToEndInputs:
     """An endless iterator of `(global views, local views)` from the real data path with views made on the device."""
 
     def __init__(self, config: LeJepaConfig, args: argparse.Namespace, batch_size: int, device: torch.device,
-                 num_batches: int):
+                 num_batches: int, decode_on_device: bool = False):
         from torch.utils.data import DataLoader, RandomSampler
 
         from trainer import (
@@ -272,7 +275,8 @@ class _EndToEndInputs:
 
         views = MultiCropConfig.from_lejepa_config(config)
         dataset, image_column, _ = load_pretraining_dataset(train_dir=str(args.e2e_dir), cache_dir=str(args.e2e_cache))
-        dataset = prepare_pretraining_dataset(dataset, DecodeResizeTransform(views), image_column)
+        self.resize = DecodeResizeTransform(views, decode_on_device=decode_on_device)
+        dataset = prepare_pretraining_dataset(dataset, self.resize, image_column)
         sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * num_batches)
         workers = args.loader_workers
         self.loader = DataLoader(
@@ -284,9 +288,15 @@ class _EndToEndInputs:
         self.views, self.view_generator, self.device, self.step = DeviceMultiCrop(views), view_generator, device, 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from trainer.data.device_views import append_device_decoded
+
         batch = next(self.iterator)
-        images = batch["images"].to(self.device, non_blocking=True)
-        sizes = batch["image_sizes"].to(self.device, non_blocking=True)
+        images, sizes = batch.get("images"), batch.get("image_sizes")
+        if images is not None:
+            images = images.to(self.device, non_blocking=True)
+            sizes = sizes.to(self.device, non_blocking=True)
+        if batch.get("jpeg_bytes"):  # decode_on_device
+            images, sizes, _ = append_device_decoded(images, sizes, batch["jpeg_bytes"], self.resize, self.device)
         self.step += 1
         output = self.views(images, sizes, self.view_generator(0, self.step))
         return output["pixel_values"], output.get("local_pixel_values")
@@ -366,9 +376,10 @@ def _run_model_once(
 
     if mode == "trainer":
         warmup_time, elapsed, last_loss = _time_trainer(model, args, inputs, batch_size, device)
-    elif mode == "end-to-end":
+    elif mode in END_TO_END_MODES:
         del inputs
-        feed = _EndToEndInputs(config, args, batch_size, device, args.warmup_steps + args.steps + 1)
+        feed = _EndToEndInputs(config, args, batch_size, device, args.warmup_steps + args.steps + 1,
+                               decode_on_device=mode == "end-to-end-decode")
         warmup_time, elapsed, last_loss = _time_loop(model, args, device, lambda: feed.next(), host_syncs=False)
         del feed
     else:
@@ -558,7 +569,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(MFU_FORMULA, flush=True)
 
     temporary = None
-    if "end-to-end" in args.modes:
+    if set(END_TO_END_MODES) & set(args.modes):
         import tempfile
 
         temporary = tempfile.TemporaryDirectory()
@@ -589,12 +600,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print_result(result)
 
     for result in results:  # end-to-end throughput as a fraction of the synthetic-input loop's, same model
-        if result.get("mode") == "end-to-end" and "error" not in result:
+        if result.get("mode") in END_TO_END_MODES and "error" not in result:
             loop = next((r for r in results if r["model"] == result["model"] and r.get("mode") == "loop"
                          and "error" not in r and r["batch_size"] == result["batch_size"]), None)
             if loop is not None:
                 result["fraction_of_synthetic"] = result["images_per_s"] / loop["images_per_s"]
-                print(f"  {result['model']}: end-to-end {result['images_per_s']:.1f} images/s = "
+                print(f"  {result['model']}: {result['mode']} {result['images_per_s']:.1f} images/s = "
                       f"{100 * result['fraction_of_synthetic']:.1f}% of the synthetic-input loop "
                       f"({loop['images_per_s']:.1f} images/s)", flush=True)
     if temporary is not None:

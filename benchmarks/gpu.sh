@@ -3,8 +3,9 @@
 #
 # Run from the repository root:   bash benchmarks/gpu.sh [extra bench_gpu.py flags, e.g. --compile]
 # End-to-end mode:                bash benchmarks/gpu.sh --end-to-end   (JPEG folder -> real loader with 16 workers ->
-#                                 views on the GPU -> ViT-B/16 step; images/s and the fraction of synthetic-input
-#                                 throughput; under 5 minutes)
+#                                 views on the GPU -> ViT-B/16 step, with the JPEGs decoded by the workers and on the
+#                                 GPU (decode_on_device); images/s and the fraction of synthetic-input throughput;
+#                                 under 7 minutes)
 # On a machine without a GPU:     bash benchmarks/gpu.sh --quick [--end-to-end]  (tiny model, 2 steps: checks the script)
 #
 # Installs nothing and needs no network: torch (with CUDA) and the repository's requirements must be installed.
@@ -115,11 +116,13 @@ PYEOF
 
 if [[ $end_to_end -eq 1 ]]; then
   # The same ViT-B/16 step on synthetic views already on the GPU and fed by the real data path (2,048 generated
-  # 1024 x 768 JPEGs, DecodeResizeTransform in 16 persistent DataLoader workers, DeviceMultiCrop on the GPU).
+  # 1024 x 768 JPEGs, DecodeResizeTransform in 16 persistent DataLoader workers, DeviceMultiCrop on the GPU), then
+  # with the JPEGs decoded on the GPU instead of by the workers (decode_on_device: torchcodec, nvJPEG).
   if [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
-    run 180 end-to-end-quick --modes loop end-to-end --no-count-flops "$@"
+    run 240 end-to-end-quick --modes loop end-to-end end-to-end-decode --no-count-flops "$@"
   else
-    run 290 end-to-end --models vit-base-patch16 --modes loop end-to-end --no-count-flops --steps 30 "$@"
+    run 400 end-to-end --models vit-base-patch16 --modes loop end-to-end end-to-end-decode --no-count-flops \
+      --steps 30 "$@"
   fi
 elif [[ " $* " == *" --quick "* || " $* " == *" --dry-run "* ]]; then
   run 120 quick --modes loop host-syncs trainer "$@"

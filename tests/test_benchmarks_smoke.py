@@ -1,6 +1,7 @@
 """Smoke tests: the benchmark scripts of `benchmarks/` run end to end in their `--quick` mode (tiny sizes, seconds)."""
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -77,8 +78,10 @@ def test_loss_study_quick(tmp_path):
 def test_bench_device_views_quick(capsys):
     bench = load("bench_device_views")
     result = bench.main(["--quick", "--sections", "decode", "loader", "augment"])
-    assert len(result["decode"]) == 4 and all(ms > 0 for ms in result["decode"].values())
+    assert len(result["decode"]) == 5 and all(ms > 0 for ms in result["decode"].values())
     assert result["loader"]["cpu_ratio"] > 1  # views made in the worker cost more CPU than decoding alone
+    ratio = result["loader"]["decode_on_device_cpu_ratio"]  # NaN when the worker used less than /proc's 10 ms tick
+    assert math.isnan(ratio) or ratio > result["loader"]["cpu_ratio"]  # reading the bytes costs less than decoding
     assert result["augment"]["cpu_ms_1"] > 0
     assert "CPU per image, CPU path / device path" in capsys.readouterr().out
 
@@ -92,5 +95,7 @@ def test_gpu_sh_end_to_end_dry_run(tmp_path):
         env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "of the synthetic-input loop" in result.stdout and "done (status 0)" in result.stdout
+    assert "done (status 0)" in result.stdout
+    for mode in ("end-to-end", "end-to-end-decode"):  # the JPEGs decoded by the workers, then on the device
+        assert f": {mode} " in result.stdout and "of the synthetic-input loop" in result.stdout, mode
     assert (tmp_path / "gpu_bench_end-to-end-quick.json").exists()

@@ -284,23 +284,98 @@ def test_reduced_size_jpeg_decode_and_bounded_resize():
     assert transform(PIL.Image.new("L", (30, 20)))["images"].shape == (3, 20, 30)  # never upsampled; RGB
 
 
-def test_bad_images_are_skipped_and_counted_on_this_path(tmp_path):
+def encoded(image: PIL.Image.Image, format: str = "JPEG", **options) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_jpegs_decoded_on_the_device_match_the_workers_decode():
+    """With `decode_on_device` the workers hand over the bytes of upright RGB and grayscale JPEGs within the size
+    limit and decode the rest; the canvas rebuilt on the device (`append_device_decoded`) equals the one the workers
+    build without it, padding included: exactly for the images kept at their size (both decoders are libjpeg-turbo),
+    within 0.5 / 255 on average for the one resized (full decode then antialiased bilinear, against libjpeg's
+    reduced decode then PIL's bilinear; measured 0.24). A truncated JPEG is skipped either way. Also with the
+    workers' images in a canvas smaller than the JPEGs (their block is padded again)."""
+    import datasets
+
+    from trainer.data.device_views import append_device_decoded
+
+    rotated = PIL.Image.Exif()
+    rotated[PIL.Image.ExifTags.Base.Orientation] = 6
+    truncated = encoded(F.to_pil_image(smooth_image(40, 48, cell=8)))["bytes"]
+    values = {
+        "rgb": encoded(F.to_pil_image(smooth_image(48, 64, cell=8)), quality=90),
+        "gray": encoded(F.to_pil_image(smooth_image(30, 40, cell=8)).convert("L")),
+        "resized": encoded(F.to_pil_image(smooth_image(200, 300, cell=40)), quality=95),  # 60,000 pixels
+        "png": encoded(F.to_pil_image(smooth_image(20, 24, cell=8)), "PNG"),
+        "cmyk": encoded(F.to_pil_image(smooth_image(36, 28, cell=8)).convert("CMYK")),
+        "exif-rotated": encoded(F.to_pil_image(smooth_image(24, 40, cell=8)), exif=rotated),
+        "too-large": encoded(F.to_pil_image(smooth_image(300, 400, cell=40))),  # over 16 x 5,120 pixels
+        "truncated": {"bytes": truncated[: 2 * len(truncated) // 3], "path": None},
+    }
+    names = list(values)
+    config = MultiCropConfig.from_lejepa_config(TINY)
+
+    def batch_of(subset: list[str], on_device: bool) -> dict:
+        dataset = datasets.Dataset.from_dict(
+            {"image": [values[name] for name in subset], "label": [names.index(name) for name in subset]},
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        )
+        transform = DecodeResizeTransform(config, decode_on_device=on_device)
+        prepared = prepare_pretraining_dataset(dataset, transform, "image", "label")
+        return MultiCropCollator()([prepared[i] for i in range(len(subset))])
+
+    for subset, on_host, on_device in [
+        (names, ["png", "cmyk", "exif-rotated", "too-large"], ["rgb", "gray", "resized", "truncated"]),
+        (["png", "rgb"], ["png"], ["rgb"]),
+    ]:
+        reference, batch = batch_of(subset, False), batch_of(subset, True)
+        assert int(reference["num_skipped"]) == int("truncated" in subset) and int(batch["num_skipped"]) == 0
+        assert [names[i] for i in batch["labels"]] == on_host + on_device
+        canvas, sizes, failed = append_device_decoded(
+            batch["images"], batch["image_sizes"], batch["jpeg_bytes"], DecodeResizeTransform(config),
+            torch.device("cpu"),
+        )
+        assert failed == ([on_device.index("truncated")] if "truncated" in subset else [])
+        labels = [label for label in batch["labels"].tolist() if names[label] != "truncated"]
+        order = [reference["labels"].tolist().index(label) for label in labels]
+        assert sizes.tolist() == reference["image_sizes"][order].tolist()
+        assert canvas.shape == reference["images"].shape
+        for row, label in enumerate(labels):
+            difference = (canvas[row].to(torch.float64) - reference["images"][order[row]].to(torch.float64)).abs()
+            if names[label] == "resized":
+                assert sizes[row].tolist() == [58, 88] and difference.mean() < 0.5, difference.mean()
+            else:
+                assert difference.max() == 0, names[label]
+
+
+@pytest.mark.parametrize("decode_on_device", [False, True], ids=["decoded-by-workers", "decoded-on-device"])
+def test_bad_images_are_skipped_and_counted_on_this_path(tmp_path, decode_on_device):
     """Corrupt and empty images among good JPEGs: the decode-only dataset drops them, the collator counts them and
-    the trainer logs `skipped_images`, while the good ones train with views made on the device."""
+    the trainer logs `skipped_images`, while the good ones train with views made on the device. With
+    `decode_on_device` (and a DataLoader worker, so that the bytes cross processes) the truncated JPEG, whose header
+    reads, fails on the device instead and is counted there."""
     import datasets
 
     good = jpeg_bytes(64, 48)
     values = [{"bytes": good, "path": None}] * 6 + [{"bytes": b"not an image", "path": None},
-                                                     {"bytes": good[: len(good) // 3], "path": None}]
+                                                     {"bytes": good[: 2 * len(good) // 3], "path": None}]
     dataset = datasets.Dataset.from_dict({"image": values}, features=datasets.Features({"image": datasets.Image()}))
     config = MultiCropConfig.from_lejepa_config(TINY)
-    prepared = prepare_pretraining_dataset(dataset, DecodeResizeTransform(config), "image")
+    prepared = prepare_pretraining_dataset(
+        dataset, DecodeResizeTransform(config, decode_on_device=decode_on_device), "image"
+    )
     collator = MultiCropCollator()
     batch = collator([prepared[i] for i in range(8)])
-    assert batch["images"].shape == (6, 3, 48, 64) and int(batch["num_skipped"]) == 2
+    if decode_on_device:
+        assert "images" not in batch and len(batch["jpeg_bytes"]) == 7 and int(batch["num_skipped"]) == 1
+    else:
+        assert batch["images"].shape == (6, 3, 48, 64) and int(batch["num_skipped"]) == 2
     args = LeJepaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=1, logging_steps=1,
-                                   per_device_train_batch_size=8, report_to="none", dataloader_num_workers=0,
-                                   augment_on_device=True, save_strategy="no", disable_tqdm=True)
+                                   per_device_train_batch_size=8, report_to="none",
+                                   dataloader_num_workers=int(decode_on_device), augment_on_device=True,
+                                   save_strategy="no", disable_tqdm=True)
     trainer = LeJepaTrainer(model=LeJepaForPreTraining(TINY), args=args, train_dataset=prepared,
                             data_collator=MultiCropCollator(return_labels=False))
     trainer.train()

@@ -175,20 +175,36 @@ def test_parquet_with_bad_images_trains_and_logs_the_skipped_count(tmp_path, mon
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_image_folder_with_bad_files_trains_and_logs_the_skipped_count(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "views", [[], ["--augment_on_device", "true", "--decode_on_device", "true"]], ids=["workers", "decode-on-device"]
+)
+def test_image_folder_with_bad_files_trains_and_logs_the_skipped_count(tmp_path, monkeypatch, views):
+    """With `--decode_on_device` the good JPEGs are read from their paths and decoded by the trainer; the bad files
+    fail in the workers (their headers do not read) and are counted there."""
     folder = tmp_path / "images"
     folder.mkdir()
-    for index in range(40):
+    for index in range(20):
         (folder / f"good_{index:03d}.png").write_bytes(png_bytes(index))
+        (folder / f"good_{index:03d}.jpg").write_bytes(jpeg_bytes(index))
     (folder / "truncated.jpg").write_bytes(jpeg_bytes()[:300])
     (folder / "empty.png").write_bytes(b"")
     (folder / "garbage.jpg").write_bytes(os.urandom(500))
     (folder / "bomb.png").write_bytes(png_header(30_000, 30_000))
     history = run_main(
         monkeypatch, tmp_path / "out", "--train_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
-        "--num_train_epochs", "1",
+        "--num_train_epochs", "1", *views,
     )
     assert history[-1]["step"] == 3 and skipped_images(history) == 4
+
+
+def test_decode_on_device_needs_the_views_made_on_the_device(tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(4):
+        (folder / f"good_{index:03d}.jpg").write_bytes(jpeg_bytes(index))
+    with pytest.raises(ValueError, match=r"`--decode_on_device` .* needs `--augment_on_device`"):
+        run_main(monkeypatch, tmp_path / "out", "--train_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
+                 "--max_steps", "1", "--augment_on_device", "false", "--decode_on_device", "true")
 
 
 def test_stream_with_bad_images_trains_and_logs_the_skipped_count(tmp_path, monkeypatch):

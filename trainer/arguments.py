@@ -40,6 +40,12 @@ class LeJepaTrainingArguments(TrainingArguments):
             `None` (the default) means on when training on an accelerator (CUDA, XPU, MPS, ...) and, on a CPU, on
             for global views of at most `CPU_DEVICE_VIEWS_MAX_SIZE` (96) pixels, where the batched pass is the cheaper
             one, and off for larger views.
+        decode_on_device (`bool`, *optional*, defaults to `False`):
+            With `augment_on_device`, decode JPEGs on the training device too (torchcodec, `pip install
+            'lejepa-hf[gpu]'`; nvJPEG on CUDA): the DataLoader workers then only read each JPEG's bytes and header
+            (`DecodeResizeTransform(decode_on_device=True)`). Other formats, CMYK JPEGs, rotated ones (EXIF) and JPEGs
+            of more than 16 times the pixels the views need are still decoded by the workers. Off by default until
+            measured on a GPU (`benchmarks/gpu.sh --end-to-end`).
     """
 
     output_dir: str = field(default="outputs/lejepa", metadata={"help": "Where checkpoints and the model go."})
@@ -96,6 +102,13 @@ class LeJepaTrainingArguments(TrainingArguments):
         metadata={
             "help": "Cut and augment the views on the training device in one batched pass (workers only decode and "
             "resize). Default: on when training on an accelerator; on a CPU, on for global views of at most 96 px."
+        },
+    )
+    decode_on_device: bool = field(
+        default=False,
+        metadata={
+            "help": "With --augment_on_device, decode JPEGs on the training device too (torchcodec; nvJPEG on CUDA): "
+            "the workers only read the files. Needs `pip install 'lejepa-hf[gpu]'`."
         },
     )
 

@@ -28,7 +28,9 @@ from .callbacks import (
     read_stream_states,
     stream_state_callback,
 )
-from .data.device_views import DeviceMultiCrop, view_generator
+from .data.collator import JPEG_BYTES_KEY
+from .data.device_views import DeviceMultiCrop, _to_device, append_device_decoded, view_generator
+from .data.views import DecodeResizeTransform
 from .hub import check_hub_strategy, push_from_checkpoint, write_training_args
 from .launch import LaunchCheckCallback, freeze_unused_parameters, plain_model_for_saving
 from .throughput import TrainingFlops, peak_flops
@@ -138,6 +140,8 @@ class LeJepaTrainer(Trainer):
             self.device_views = device_views or DeviceMultiCrop.from_lejepa_config(
                 self.model.config, self.processing_class
             )
+        # the bounded size of the JPEGs decoded on the device (`decode_on_device`), as the workers resize theirs
+        self._device_resize = DecodeResizeTransform(self.device_views.config) if self.device_views else None
         self._view_step, self._view_micro_step = -1, 0  # seeds of the device views' generator
         self._training_flops = TrainingFlops(self.model.config)
         self._window_start, self._window_images, self._window_flops = time.perf_counter(), 0, 0.0
@@ -298,9 +302,11 @@ class LeJepaTrainer(Trainer):
     # ---------------------------------------------------------------------------------------- views on the device
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Trainer's device placement; then, for batches of `uint8` `images` (`augment_on_device`), the multi-crop
-        views made on the device, so that `compute_loss` gets `pixel_values` and `local_pixel_values` as always."""
+        views made on the device, so that `compute_loss` gets `pixel_values` and `local_pixel_values` as always. The
+        JPEGs a batch carries as bytes (`decode_on_device`) are decoded and resized on the device first; those that
+        fail are left out (with their labels) and counted in `num_skipped`."""
         inputs = super()._prepare_inputs(inputs)
-        if "images" not in inputs:
+        if "images" not in inputs and JPEG_BYTES_KEY not in inputs:
             return inputs
         if self.device_views is None:
             raise ValueError(
@@ -309,7 +315,10 @@ class LeJepaTrainer(Trainer):
                 "give the dataset a `MultiCropTransform` to make the views in the DataLoader workers."
             )
         inputs = dict(inputs)
-        images, image_sizes = inputs.pop("images"), inputs.pop("image_sizes")
+        images, image_sizes = inputs.pop("images", None), inputs.pop("image_sizes", None)
+        encoded = inputs.pop(JPEG_BYTES_KEY, None)
+        if encoded:
+            images, image_sizes = self._decode_on_device(inputs, images, image_sizes, encoded)
         step = self.state.global_step
         if self.model.training:  # micro-batches of one step (gradient accumulation) draw different views
             self._view_micro_step = self._view_micro_step + 1 if step == self._view_step else 0
@@ -321,6 +330,27 @@ class LeJepaTrainer(Trainer):
         inputs.update(self.device_views(images, image_sizes, generator))
         return inputs
 
+    def _decode_on_device(
+        self, inputs: dict[str, Any], images: torch.Tensor | None, image_sizes: torch.Tensor | None, encoded: list
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The canvas with the batch's JPEGs decoded on the device appended (`append_device_decoded`); the failed
+        ones leave `inputs["labels"]` and join `inputs["num_skipped"]`."""
+        device = self.args.device
+        images, image_sizes, failed = append_device_decoded(images, image_sizes, encoded, self._device_resize, device)
+        if failed:
+            first = len(inputs["labels"]) - len(encoded) if "labels" in inputs else 0
+            if "labels" in inputs:
+                kept = [index for index in range(len(encoded)) if index not in set(failed)]
+                rows = torch.tensor(list(range(first)) + [first + index for index in kept], dtype=torch.long)
+                inputs["labels"] = inputs["labels"][_to_device(rows, inputs["labels"].device)]
+            inputs["num_skipped"] = inputs.get("num_skipped", 0) + len(failed)
+        if images is None:
+            raise RuntimeError(
+                f"Every image of this batch ({len(encoded)} JPEGs) failed to decode on {device}, so there is nothing "
+                "to train on. Check the data, or decode in the DataLoader workers (`--decode_on_device False`)."
+            )
+        return images, image_sizes
+
     def _view_shapes(self, inputs: dict[str, Any]) -> tuple[int, list[tuple[int, ...]]] | None:
         """Images and `(V, C, H, W)` of each resolution's views, from a batch of views or of `uint8` images."""
         if "pixel_values" in inputs:
@@ -328,12 +358,13 @@ class LeJepaTrainer(Trainer):
             if inputs.get("local_pixel_values") is not None:
                 shapes.append(tuple(inputs["local_pixel_values"].shape[1:]))
             return inputs["pixel_values"].shape[0], shapes
-        if "images" in inputs and self.device_views is not None:
+        if ("images" in inputs or JPEG_BYTES_KEY in inputs) and self.device_views is not None:
             c = self.device_views.config
             shapes = [(c.num_global_views, 3, c.global_image_size, c.global_image_size)]
             if c.num_local_views > 0:
                 shapes.append((c.num_local_views, 3, c.local_image_size, c.local_image_size))
-            return inputs["images"].shape[0], shapes
+            count = inputs["images"].shape[0] if "images" in inputs else 0
+            return count + len(inputs.get(JPEG_BYTES_KEY) or []), shapes
         return None
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:

@@ -18,15 +18,15 @@ import torch
 from torch.utils.data import get_worker_info
 from transformers.utils import logging
 
-from .decoding import ImageDecodeError, decode_image, to_rgb_image
+from .decoding import ImageDecodeError, decode_image, read_jpeg_for_device, to_rgb_image
 
 logger = logging.get_logger(__name__)
 
 # What makes the model inputs of one decoded image: a `MultiCropTransform` (views) or a `DecodeResizeTransform` (one
 # resized image, for views made on the device).
 ImageTransform = Callable[[PIL.Image.Image], dict[str, torch.Tensor]]
-
-
+# The key of a row's (and a batch's) JPEG bytes left to the training device (`DecodeResizeTransform.decode_on_device`).
+JPEG_BYTES_KEY = "jpeg_bytes"
 
 
 @dataclass
@@ -106,7 +106,8 @@ class MultiCropBatchTransform:
     decodes the image column itself (the column must be cast to `datasets.Image(decode=False)`, which
     `prepare_pretraining_dataset` does), applies a `MultiCropTransform`, and passes labels through. With a
     `DecodeResizeTransform` (views made on the device), JPEGs are decoded at reduced size (its `min_pixels`) and each
-    row carries one `uint8` image under `"images"` instead of views.
+    row carries one `uint8` image under `"images"` instead of views; with its `decode_on_device`, JPEGs that the
+    device decodes carry their bytes under `"jpeg_bytes"` instead (`read_jpeg_for_device`).
 
     A sample whose image fails to decode (see `decode_image`) is counted by `counter`; with `drop_bad_samples` it is
     left out of the output (streams: the batch just gets shorter), otherwise its `pixel_values` is `None`, so that
@@ -147,9 +148,21 @@ class MultiCropBatchTransform:
         self.report_skipped = report_skipped
         self._unreported = 0  # bad rows dropped since the last good row, not yet reported
         self.background_color = getattr(getattr(transform, "config", None), "background_color", (255, 255, 255))
-        # `DecodeResizeTransform`: reduced-size JPEG decoding, and the key of its output
+        # `DecodeResizeTransform`: reduced-size JPEG decoding, the key of its output, and JPEGs left to the device
         self.min_pixels = getattr(transform, "min_pixels", None)
         self.output_key = getattr(transform, "output_key", "pixel_values")
+        self.max_device_pixels = getattr(transform, "max_device_pixels", None)
+        self.decode_on_device = bool(getattr(transform, "decode_on_device", False))
+
+    def _row(self, value: Any) -> dict[str, Any]:
+        """The model inputs of one image value: its JPEG bytes (`"jpeg_bytes"`, for `decode_on_device`), else the
+        transform's output for the decoded image."""
+        if self.decode_on_device:
+            encoded = read_jpeg_for_device(value, self.max_image_pixels, self.max_device_pixels)
+            if encoded is not None:
+                return {JPEG_BYTES_KEY: encoded}
+        image = decode_image(value, self.max_image_pixels, min_pixels=self.min_pixels)
+        return self.transform(to_rgb_image(image, self.background_color))
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """
@@ -172,9 +185,7 @@ class MultiCropBatchTransform:
         row_skipped = []
         for index, value in enumerate(images):
             try:
-                image = decode_image(value, self.max_image_pixels, min_pixels=self.min_pixels)
-                image = to_rgb_image(image, self.background_color)
-                views = self.transform(image)
+                views = self._row(value)
             except ImageDecodeError as error:
                 self.counter.record_bad(error)
                 self._unreported += 1
@@ -189,9 +200,9 @@ class MultiCropBatchTransform:
                 row_labels.append(-100 if labels[index] is None else labels[index])
         self.counter.record_good(sum(row is not None for row in rows))
         self.counter.check()
-        first = next((row for row in rows if row is not None), {})
-        keys = [self.output_key] + [key for key in first if key != self.output_key]
-        output = {key: [None if row is None else row[key] for row in rows] for key in keys}
+        present = dict.fromkeys(key for row in rows if row is not None for key in row)
+        keys = [self.output_key] + [key for key in present if key != self.output_key]
+        output = {key: [None if row is None else row.get(key) for row in rows] for key in keys}
         if labels is not None:
             output["labels"] = row_labels
         if self.report_skipped:
@@ -214,7 +225,10 @@ class MultiCropCollator:
     instead of views: they are copied once into a canvas `images` `(B, 3, H_max, W_max)` (`uint8`, stored channels
     last, the images at the top left; each image's last row and column are repeated once into the padding, so that
     bilinear crops touching its border see its own edge, and the rest of the padding is zero) with their true sizes
-    in `image_sizes` `(B, 2)` (height, width).
+    in `image_sizes` `(B, 2)` (height, width). With `decode_on_device`, examples may instead carry a JPEG's bytes
+    (`"jpeg_bytes"`, a `uint8` numpy array, which device placement leaves on the host): the batch then holds the
+    decoded images first (in `images`, when there are any) and the list `jpeg_bytes` after them, `labels` in the
+    same order, and `LeJepaTrainer` decodes and appends the JPEGs on the device.
 
     Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a
     batch may be smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep
@@ -262,19 +276,14 @@ class MultiCropCollator:
             canvas = images[0].new_empty(shape)
         canvas = canvas.permute(0, 3, 1, 2)  # (B, 3, H_max, W_max), channels last
         for slot, image in zip(canvas, images):
-            h, w = image.shape[-2:]
-            slot[:, :h, :w] = image
-            if w < width:  # repeat the last column, then the last row (with its corner), once
-                slot[:, :h, w] = image[:, :, w - 1]
-            if h < height:
-                slot[:, h, : min(w + 1, width)] = slot[:, h - 1, : min(w + 1, width)]
-            # the padding beyond the repeated row and column is never sampled, but keep it defined
-            slot[:, h + 1 :].zero_()
-            slot[:, : h + 1, w + 1 :].zero_()
+            fill_canvas_slot(slot, image)
         return {"images": canvas, "image_sizes": sizes}
 
-    def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [example for example in examples if example is not None and _has_pixel_values(example)]
+        encoded = [example for example in kept if example.get(JPEG_BYTES_KEY) is not None]
+        if encoded:  # the decoded images first, then the JPEGs left to the device, labels in the same order
+            kept = [example for example in kept if example.get(JPEG_BYTES_KEY) is None] + encoded
         num_skipped = len(examples) - len(kept) + sum(int(example.get("num_skipped") or 0) for example in kept)
         self.num_skipped += num_skipped
         if not kept:
@@ -282,7 +291,11 @@ class MultiCropCollator:
                 f"Every example of this batch ({len(examples)}) failed to decode, so there is nothing to train on. "
                 "Check the image column (`--image_column_name`) and the logged decode errors."
             )
-        if kept[0].get("images") is not None:
+        if encoded:
+            decoded = kept[: len(kept) - len(encoded)]
+            batch = self._pad([example["images"] for example in decoded]) if decoded else {}
+            batch[JPEG_BYTES_KEY] = [example[JPEG_BYTES_KEY] for example in encoded]
+        elif kept[0].get("images") is not None:
             batch = self._pad([example["images"] for example in kept])
         else:
             batch = {"pixel_values": self._stack([example["pixel_values"] for example in kept])}
@@ -301,7 +314,23 @@ class MultiCropCollator:
 
 
 def _has_pixel_values(example: dict[str, Any]) -> bool:
-    return example.get("pixel_values") is not None or example.get("images") is not None
+    return any(example.get(key) is not None for key in ("pixel_values", "images", JPEG_BYTES_KEY))
+
+
+def fill_canvas_slot(slot: torch.Tensor, image: torch.Tensor) -> None:
+    """Writes a `uint8` image `(..., 3, h, w)` at the top left of its slot `(..., 3, H, W)` of a padded canvas,
+    repeats its last column and then its last row (with the corner) once into the padding, so that bilinear crops
+    touching its border see its own edge, and zeroes the rest of the padding (never sampled, but defined). A block
+    of images of one padded size (a whole canvas) is written the same way."""
+    height, width = slot.shape[-2:]
+    h, w = image.shape[-2:]
+    slot[..., :h, :w] = image
+    if w < width:
+        slot[..., :h, w] = image[..., :, w - 1]
+    if h < height:
+        slot[..., h, : min(w + 1, width)] = slot[..., h - 1, : min(w + 1, width)]
+    slot[..., h + 1 :, :].zero_()
+    slot[..., : h + 1, w + 1 :].zero_()
 
 
 # Seed of the views of validation image 0; image `i` uses `VALIDATION_VIEW_SEED + i`. A constant (not the run's seed),

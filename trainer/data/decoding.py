@@ -209,6 +209,59 @@ def decode_image(
     return image
 
 
+def read_jpeg_for_device(
+    value: Any, max_image_pixels: int | None = None, max_pixels: int | None = None
+) -> np.ndarray | None:
+    """
+    The encoded bytes of a JPEG to be decoded on the training device (`decode_on_device`), after the checks that
+    need only its header: the size (the decompression-bomb limit of `decode_image`), the format and the colour mode.
+    Reading the header costs about 0.05 ms; the pixels are not decoded.
+
+    Args:
+        value: an undecoded image value, as for `decode_image`.
+        max_image_pixels (`int`, *optional*): as for `decode_image`.
+        max_pixels (`int`, *optional*): JPEGs with more pixels are left to the CPU, which decodes them at reduced
+            size (`decode_image(min_pixels=...)`) instead of sending all their pixels to the device.
+
+    Returns:
+        `np.ndarray` of `uint8` (the file's bytes, writable), or `None` for an image to decode on the CPU with
+        `decode_image`: not a JPEG, a header PIL cannot read (`decode_image` then says why), a mode other than RGB
+        and grayscale (CMYK, ...), an EXIF orientation other than upright, or more than `max_pixels` pixels.
+
+    Raises:
+        `ImageDecodeError`: for a missing or empty file, or an image over `max_image_pixels`, as `decode_image`.
+    """
+    if max_image_pixels is None:
+        max_image_pixels = PIL.Image.MAX_IMAGE_PIXELS
+    if not isinstance(value, (dict, bytes, bytearray, memoryview, str, Path)):
+        return None  # an image that is already decoded
+    data, path = _encoded_source(value)
+    where = f" ({path})" if path else ""
+    try:
+        if data is None:
+            data = _read_bytes(str(path))
+    except FileNotFoundError as error:
+        raise ImageDecodeError(f"Image file not found{where}.", kind="missing") from error
+    except OSError:
+        return None
+    if len(data) == 0:
+        raise ImageDecodeError(f"The image file is empty{where}.", kind="empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(io.BytesIO(data))
+            format, mode, size = image.format, image.mode, image.size
+            upright = image.getexif().get(PIL.Image.ExifTags.Base.Orientation, 1) == 1
+    except Exception:  # unreadable or a bomb by PIL's own limit: `decode_image` names the problem
+        return None
+    _check_size(size, max_image_pixels, where)
+    if format != "JPEG" or mode not in ("RGB", "L") or not upright:
+        return None
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).copy()
+
+
 def _encoded_source(value: Any) -> tuple[bytes | bytearray | memoryview | None, str | Path | None]:
     """The encoded bytes and the path of an undecoded image value (see `decode_image`), either of which may be
     `None`, but not both."""

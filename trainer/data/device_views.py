@@ -25,6 +25,7 @@ so this code makes no host sync by construction (not yet profiled on a GPU).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,12 @@ from kornia.enhance import (
 )
 from kornia.filters import gaussian_blur2d
 from torchvision.ops import roi_align
+from transformers.utils import logging
 
-from .views import MultiCropConfig, _per_view
+from .collator import fill_canvas_slot
+from .views import DecodeResizeTransform, MultiCropConfig, _per_view
+
+logger = logging.get_logger(__name__)
 
 # Attempts of torchvision's RandomResizedCrop before it falls back to the central crop.
 CROP_ATTEMPTS = 10
@@ -339,4 +344,71 @@ class DeviceMultiCrop:
         return self.render(images, image_sizes, self.sample_parameters(images.shape[0], generator))
 
 
-__all__ = ["DeviceMultiCrop", "ViewParameters", "view_generator"]
+def decode_jpegs(encoded: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor | None]:
+    """
+    Decodes the JPEG bytes of a batch (`read_jpeg_for_device`) to RGB `uint8` images `(3, h, w)` on `device`, with
+    torchcodec: in one batched call on CUDA (nvJPEG), with libjpeg-turbo elsewhere (the images are then moved to
+    `device`). One bad file fails a batched call, which is then repeated image by image.
+
+    Returns:
+        `list`: the images, `None` for those that failed to decode (logged as warnings).
+    """
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError as error:
+        raise ImportError(
+            "`decode_on_device` decodes JPEGs with torchcodec: `pip install 'lejepa-hf[gpu]'` (or `pip install "
+            "torchcodec`), or leave the decoding to the DataLoader workers (`--decode_on_device False`)."
+        ) from error
+    decode_device = device if device.type == "cuda" else torch.device("cpu")
+    sources = [torch.from_numpy(data) for data in encoded]
+    try:
+        images: list[torch.Tensor | None] = list(decode_jpeg(sources, mode="RGB", device=decode_device))
+    except RuntimeError:
+        images = []
+        for source in sources:
+            try:
+                images.append(decode_jpeg(source, mode="RGB", device=decode_device))
+            except RuntimeError as error:
+                logger.warning(f"Skipping a JPEG that failed to decode on {decode_device}: {error}")
+                images.append(None)
+    return [None if image is None else image.to(device) for image in images]
+
+
+def append_device_decoded(
+    images: torch.Tensor | None,
+    image_sizes: torch.Tensor | None,
+    encoded: Sequence[np.ndarray],
+    resize: DecodeResizeTransform,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """
+    The canvas of a batch whose JPEGs were left to the device (`MultiCropCollator` with `decode_on_device`): the
+    images the workers decoded (`images`, `image_sizes`, on `device`, or `None`), then the JPEGs of `encoded`,
+    decoded (`decode_jpegs`) and resized (`DecodeResizeTransform.resize_on_device`) on `device`, padded as the
+    collator pads (`fill_canvas_slot`).
+
+    Returns:
+        `tuple`: the canvas `(B, 3, H, W)` and the sizes `(B, 2)` (both `None` when no image is left), and the
+        positions in `encoded` of the JPEGs that failed to decode (left out).
+    """
+    decoded = decode_jpegs(encoded, device)
+    failed = [index for index, image in enumerate(decoded) if image is None]
+    new = [resize.resize_on_device(image) for image in decoded if image is not None]
+    blocks = ([images] if images is not None else []) + new
+    if not blocks:
+        return None, None, failed
+    height = max(block.shape[-2] for block in blocks)
+    width = max(block.shape[-1] for block in blocks)
+    first = 0 if images is None else images.shape[0]
+    canvas = torch.empty((first + len(new), 3, height, width), dtype=torch.uint8, device=device)
+    if images is not None:
+        fill_canvas_slot(canvas[:first], images)  # the workers' canvas as one block, its padding kept
+    for slot, image in zip(canvas[first:], new):
+        fill_canvas_slot(slot, image)
+    new_sizes = _to_device(torch.tensor([list(image.shape[-2:]) for image in new], dtype=torch.long), device)
+    sizes = new_sizes.view(-1, 2) if image_sizes is None else torch.cat([image_sizes, new_sizes.view(-1, 2)])
+    return canvas, sizes, failed
+
+
+__all__ = ["DeviceMultiCrop", "ViewParameters", "append_device_decoded", "decode_jpegs", "view_generator"]

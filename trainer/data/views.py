@@ -325,6 +325,11 @@ class MultiCropTransform:
         return f"{type(self).__name__}({self.config})"
 
 
+# With `decode_on_device`, JPEGs of up to this many times `DecodeResizeTransform.target_pixels` are decoded on the
+# device (3.0 MP for the default views, which holds 1024 x 768 and 1920 x 1080 photos at 2 x 224 + 6 x 96).
+DEVICE_DECODE_MAX_FACTOR = 16
+
+
 class DecodeResizeTransform:
     """
     The DataLoader workers' part of `augment_on_device`: one image, resized once to a bounded size, as `uint8`. The
@@ -338,10 +343,16 @@ class DecodeResizeTransform:
     resized (bilinear, antialiased) down to `target_pixels`, keeping its aspect ratio. Smaller images are never
     upsampled. Crops are then drawn from each image's whole extent, as on the CPU path.
 
+    With `decode_on_device`, a JPEG of at most `DEVICE_DECODE_MAX_FACTOR * target_pixels` pixels (RGB or grayscale,
+    upright) is not decoded here: the row carries its bytes under `"jpeg_bytes"` (`read_jpeg_for_device`), and
+    `LeJepaTrainer` decodes the JPEGs of a batch on the training device (`decode_jpegs`, torchcodec: nvJPEG on CUDA)
+    and resizes them there (`resize_on_device`, the same bounded size). Other images are decoded here as above.
+
     Args:
         config (`MultiCropConfig`, *optional*): the view settings (`MultiCropConfig()` by default); only the sizes,
             crop scales and `background_color` are used here.
         target_pixels (`int`, *optional*): overrides the pixel target above.
+        decode_on_device (`bool`, *optional*, defaults to `False`): leave JPEGs to the training device, as above.
 
     Example:
 
@@ -359,8 +370,11 @@ class DecodeResizeTransform:
 
     output_key = "images"
 
-    def __init__(self, config: MultiCropConfig | None = None, target_pixels: int | None = None):
+    def __init__(
+        self, config: MultiCropConfig | None = None, target_pixels: int | None = None, decode_on_device: bool = False
+    ):
         self.config = config if config is not None else MultiCropConfig()
+        self.decode_on_device = decode_on_device
         c = self.config
         if target_pixels is None:
             needed = [c.global_image_size**2 / c.global_crop_scale[0]]
@@ -371,6 +385,8 @@ class DecodeResizeTransform:
             raise ValueError(f"`target_pixels` must be positive, got {target_pixels}.")
         self.target_pixels = int(target_pixels)
         self.max_side = math.ceil(4 * math.sqrt(self.target_pixels))
+        # JPEGs decoded on the device at most: larger ones are cheaper decoded at reduced size by the CPU
+        self.max_device_pixels = DEVICE_DECODE_MAX_FACTOR * self.target_pixels
 
     @property
     def min_pixels(self) -> int:
@@ -401,6 +417,17 @@ class DecodeResizeTransform:
             image = image.resize(size, PIL.Image.Resampling.BILINEAR)
         return {self.output_key: tv_functional.pil_to_tensor(image)}
 
+    def resize_on_device(self, image: torch.Tensor) -> torch.Tensor:
+        """A `uint8` image `(3, h, w)` decoded on the device, resized there to `output_size` (bilinear, antialiased,
+        as PIL does for the images decoded by the workers) when it is larger."""
+        height, width = image.shape[-2:]
+        new_width, new_height = self.output_size(width, height)
+        if (new_width, new_height) == (width, height):
+            return image
+        resized = nn_functional.interpolate(image[None].float(), size=(new_height, new_width), mode="bilinear",
+                                            antialias=True, align_corners=False)
+        return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(target_pixels={self.target_pixels})"
+        return f"{type(self).__name__}(target_pixels={self.target_pixels}, decode_on_device={self.decode_on_device})"
 
