@@ -295,7 +295,7 @@ def test_jpegs_decoded_on_the_device_match_the_workers_decode():
     limit and decode the rest; the canvas rebuilt on the device (`append_device_decoded`) equals the one the workers
     build without it, padding included: exactly for the images kept at their size (both decoders are libjpeg-turbo),
     within 0.5 / 255 on average for the one resized (full decode then antialiased bilinear, against libjpeg's
-    reduced decode then PIL's bilinear; measured 0.24). A truncated JPEG is skipped either way. Also with the
+    reduced decode then PIL's bilinear; measured 0.25). A truncated JPEG is skipped either way. Also with the
     workers' images in a canvas smaller than the JPEGs (their block is padded again)."""
     import datasets
 

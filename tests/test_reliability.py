@@ -106,9 +106,10 @@ def bad_image_values() -> dict[str, dict]:
     }
 
 
-def write_parquet(path: Path, num_good: int, bad: list[dict], bad_first: bool = False) -> Path:
-    """A parquet file of `num_good` PNGs and the `bad` values (spread through the file, or first), with labels."""
-    good = [{"bytes": png_bytes(i), "path": None} for i in range(num_good)]
+def write_parquet(path: Path, num_good: int, bad: list[dict], bad_first: bool = False, jpeg: bool = False) -> Path:
+    """A parquet file of `num_good` PNGs (JPEGs with `jpeg`) and the `bad` values (spread through the file, or
+    first), with labels."""
+    good = [{"bytes": jpeg_bytes(i) if jpeg else png_bytes(i), "path": None} for i in range(num_good)]
     if bad_first:
         images = bad + good
     else:
@@ -207,13 +208,17 @@ def test_decode_on_device_needs_the_views_made_on_the_device(tmp_path, monkeypat
                  "--max_steps", "1", "--augment_on_device", "false", "--decode_on_device", "true")
 
 
-def test_stream_with_bad_images_trains_and_logs_the_skipped_count(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "views", [[], ["--augment_on_device", "true", "--decode_on_device", "true"]], ids=["workers", "decode-on-device"]
+)
+def test_stream_with_bad_images_trains_and_logs_the_skipped_count(tmp_path, monkeypatch, views):
     # Bad rows first and a small shuffle buffer: they all come out of the stream within the first two batches.
+    # With `--decode_on_device` the good images are JPEGs, whose bytes travel through the stream to the trainer.
     bad = list(bad_image_values().values())
-    data = write_parquet(tmp_path / "train.parquet", num_good=60, bad=bad, bad_first=True)
+    data = write_parquet(tmp_path / "train.parquet", num_good=60, bad=bad, bad_first=True, jpeg=bool(views))
     history = run_main(
         monkeypatch, tmp_path / "out", "--data_files", str(data), "--streaming", "--max_steps", "3",
-        "--shuffle_buffer_size", "4", "--cache_dir", str(tmp_path / "cache"),
+        "--shuffle_buffer_size", "4", "--cache_dir", str(tmp_path / "cache"), *views,
     )
     assert history[-1]["step"] == 3
     assert skipped_images(history) == len(bad)  # filtered inside the stream, still reported

@@ -424,8 +424,10 @@ class DecodeResizeTransform:
         new_width, new_height = self.output_size(width, height)
         if (new_width, new_height) == (width, height):
             return image
-        resized = nn_functional.interpolate(image[None].float(), size=(new_height, new_width), mode="bilinear",
-                                            antialias=True, align_corners=False)
+        size = (new_height, new_width)
+        if image.device.type == "cpu":  # PyTorch's antialiased kernel takes uint8 on the CPU only (4.7x faster)
+            return nn_functional.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+        resized = nn_functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)
         return resized[0].round_().clamp_(0, 255).to(torch.uint8)
 
     def __repr__(self) -> str:
