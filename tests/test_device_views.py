@@ -290,6 +290,30 @@ def encoded(image: PIL.Image.Image, format: str = "JPEG", **options) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
+def test_read_jpeg_for_device_fails_as_decode_image_does(tmp_path):
+    """What cannot be decoded anywhere fails in the worker with `decode_image`'s error kinds; what the worker should
+    decode itself comes back as `None`; a JPEG for the device as its exact bytes."""
+    from trainer.data import ImageDecodeError
+    from trainer.data.decoding import read_jpeg_for_device
+
+    good = encoded(F.to_pil_image(smooth_image(30, 40, cell=8)))
+    (tmp_path / "good.jpg").write_bytes(good["bytes"])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for value, kind in [({"bytes": None, "path": str(tmp_path / "missing.jpg")}, "missing"),
+                        ({"bytes": None, "path": str(tmp_path / "empty.jpg")}, "empty"), (None, "missing")]:
+        with pytest.raises(ImageDecodeError) as error:
+            read_jpeg_for_device(value)
+        assert error.value.kind == kind
+    with pytest.raises(ImageDecodeError, match="decompression bomb") as error:
+        read_jpeg_for_device(good, max_image_pixels=1000)
+    assert error.value.kind == "too large"
+    assert read_jpeg_for_device(good, max_pixels=1199) is None  # 1,200 pixels: decoded at reduced size by the worker
+    assert read_jpeg_for_device({"bytes": b"not an image", "path": None}) is None  # `decode_image` says why
+    for value in (good, {"bytes": None, "path": str(tmp_path / "good.jpg")}):
+        data = read_jpeg_for_device(value, max_pixels=1200)
+        assert data.dtype == np.uint8 and data.flags.writeable and data.tobytes() == good["bytes"]
+
+
 def test_jpegs_decoded_on_the_device_match_the_workers_decode():
     """With `decode_on_device` the workers hand over the bytes of upright RGB and grayscale JPEGs within the size
     limit and decode the rest; the canvas rebuilt on the device (`append_device_decoded`) equals the one the workers

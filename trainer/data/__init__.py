@@ -10,13 +10,15 @@ The path of one image is
 `datasets.IterableDataset.map`; `prepare_pretraining_dataset` attaches it to a dataset. Images that fail to decode are
 skipped and counted by a `BadSampleCounter`, which stops the run with a clear error only when too many fail. With
 `augment_on_device`, the workers only decode and resize each image (`DecodeResizeTransform`) and `DeviceMultiCrop`
-makes the views on the training device.
+makes the views on the training device; with `decode_on_device` too, the workers only read the bytes of JPEGs, which
+are decoded on the device (`append_device_decoded`).
 
 The modules, in the order of that path:
 
-- `decoding`: `decode_image`, `to_rgb_image`, `ImageDecodeError`;
+- `decoding`: `decode_image`, `to_rgb_image`, `ImageDecodeError`, `read_jpeg_for_device`;
 - `views`: `MultiCropConfig`, `MultiCropTransform`, `DecodeResizeTransform` (views made in DataLoader workers);
-- `device_views`: `DeviceMultiCrop`, `view_generator` (views made on the training device);
+- `device_views`: `DeviceMultiCrop`, `view_generator` (views made on the training device), `decode_jpegs`,
+  `append_device_decoded` (JPEGs decoded there);
 - `collator`: `BadSampleCounter`, `MultiCropBatchTransform`, `FixedViewBatchTransform`, `MultiCropCollator`;
 - `sources`: `load_pretraining_dataset`, `prepare_pretraining_dataset`, `check_num_shards`, the validation set;
 - `builtin`: the offline datasets `BUILTIN_DATASETS` (`load_builtin_dataset`, `load_photos_dataset`,

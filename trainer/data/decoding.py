@@ -233,19 +233,16 @@ def read_jpeg_for_device(
     """
     if max_image_pixels is None:
         max_image_pixels = PIL.Image.MAX_IMAGE_PIXELS
-    if not isinstance(value, (dict, bytes, bytearray, memoryview, str, Path)):
+    if isinstance(value, (PIL.Image.Image, np.ndarray, torch.Tensor)):
         return None  # an image that is already decoded
     data, path = _encoded_source(value)
     where = f" ({path})" if path else ""
     try:
-        if data is None:
-            data = _read_bytes(str(path))
-    except FileNotFoundError as error:
-        raise ImageDecodeError(f"Image file not found{where}.", kind="missing") from error
-    except OSError:
+        data = _encoded_bytes(data, path, where)
+    except ImageDecodeError:
+        raise
+    except Exception:  # an unreadable file: `decode_image` names the problem
         return None
-    if len(data) == 0:
-        raise ImageDecodeError(f"The image file is empty{where}.", kind="empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
@@ -299,10 +296,7 @@ def _load_encoded(
     """Reads `data` (or, when it is `None`, the file at `path`) and decodes all its pixels, checking the size first;
     every failure becomes an `ImageDecodeError` (`where` names the file in its message)."""
     try:
-        if data is None:
-            data = _read_bytes(str(path))
-        if len(data) == 0:
-            raise ImageDecodeError(f"The image file is empty{where}.", kind="empty")
+        data = _encoded_bytes(data, path, where)
         with warnings.catch_warnings():
             # Our own `max_image_pixels` check below decides; PIL's warning would only be noise.
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
@@ -316,11 +310,21 @@ def _load_encoded(
         raise
     except PIL.Image.DecompressionBombError as error:
         raise ImageDecodeError(f"Decompression bomb{where}: {error}", kind="too large") from error
-    except FileNotFoundError as error:
-        raise ImageDecodeError(f"Image file not found{where}.", kind="missing") from error
     except Exception as error:  # PIL raises many exception types (OSError, SyntaxError, ValueError, ...) on bad data
         raise ImageDecodeError(f"Cannot decode the image{where}: {type(error).__name__}: {error}") from error
     return image
+
+
+def _encoded_bytes(data: bytes | bytearray | memoryview | None, path: str | Path | None, where: str) -> bytes:
+    """`data`, or the file at `path` when `data` is `None`; a missing or empty file is an `ImageDecodeError`."""
+    if data is None:
+        try:
+            data = _read_bytes(str(path))
+        except FileNotFoundError as error:
+            raise ImageDecodeError(f"Image file not found{where}.", kind="missing") from error
+    if len(data) == 0:
+        raise ImageDecodeError(f"The image file is empty{where}.", kind="empty")
+    return data
 
 
 def _check_size(size: tuple[int, int], max_image_pixels: int | None, where: str = "") -> None:
