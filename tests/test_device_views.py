@@ -374,6 +374,31 @@ def test_jpegs_decoded_on_the_device_match_the_workers_decode():
                 assert difference.max() == 0, names[label]
 
 
+def test_a_jpeg_failing_on_the_device_leaves_the_batch_with_its_label(tmp_path):
+    """A JPEG whose header reads but whose data is cut short fails on the device: it leaves the batch with its label,
+    and joins `num_skipped`."""
+    import datasets
+
+    good = encoded(F.to_pil_image(smooth_image(60, 80, cell=8)))
+    values = [encoded(F.to_pil_image(smooth_image(20, 24, cell=8)), "PNG"), good,
+              {"bytes": good["bytes"][: 2 * len(good["bytes"]) // 3], "path": None}, good]
+    dataset = datasets.Dataset.from_dict(
+        {"image": values, "label": [10, 11, 12, 13]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    config = MultiCropConfig.from_lejepa_config(TINY)
+    prepared = prepare_pretraining_dataset(dataset, DecodeResizeTransform(config, decode_on_device=True), "image",
+                                           "label")
+    batch = MultiCropCollator()([prepared[i] for i in range(4)])
+    assert batch["labels"].tolist() == [10, 11, 12, 13] and len(batch["jpeg_bytes"]) == 3
+    trainer = LeJepaTrainer(model=LeJepaForPreTraining(TINY), args=LeJepaTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", augment_on_device=True))
+    assert trainer._view_shapes(batch)[0] == 4  # FLOPs: every image the batch holds
+    inputs = trainer._prepare_inputs(batch)
+    assert inputs["labels"].tolist() == [10, 11, 13] and int(inputs["num_skipped"]) == 1
+    assert inputs["pixel_values"].shape[0] == 3 and inputs["local_pixel_values"].shape[0] == 3
+
+
 @pytest.mark.parametrize("decode_on_device", [False, True], ids=["decoded-by-workers", "decoded-on-device"])
 def test_bad_images_are_skipped_and_counted_on_this_path(tmp_path, decode_on_device):
     """Corrupt and empty images among good JPEGs: the decode-only dataset drops them, the collator counts them and

@@ -338,11 +338,11 @@ class LeJepaTrainer(Trainer):
         device = self.args.device
         images, image_sizes, failed = append_device_decoded(images, image_sizes, encoded, self._device_resize, device)
         if failed:
-            first = len(inputs["labels"]) - len(encoded) if "labels" in inputs else 0
-            if "labels" in inputs:
-                kept = [index for index in range(len(encoded)) if index not in set(failed)]
-                rows = torch.tensor(list(range(first)) + [first + index for index in kept], dtype=torch.long)
-                inputs["labels"] = inputs["labels"][_to_device(rows, inputs["labels"].device)]
+            if "labels" in inputs:  # the workers' images first, then the JPEGs
+                labels = inputs["labels"]
+                failed_rows = {len(labels) - len(encoded) + index for index in failed}
+                rows = torch.tensor([row for row in range(len(labels)) if row not in failed_rows], dtype=torch.long)
+                inputs["labels"] = labels[_to_device(rows, labels.device)]
             inputs["num_skipped"] = inputs.get("num_skipped", 0) + len(failed)
         if images is None:
             raise RuntimeError(
