@@ -143,11 +143,12 @@ def test_misconfigured_launches_stop_with_what_was_asked_and_how_to_launch(tmp_p
 # ------------------------------------------------------------------------------------------- correct launches
 @pytest.mark.slow
 def test_ddp_launch_logs_what_is_in_effect_and_skips_the_unused_parameter_search(tmp_path):
-    """run_pretraining.py on the digits (labelled: the online probe trains) under 2 CPU processes."""
+    """run_pretraining.py on the digits (labelled: the online probe trains) under 2 CPU processes; the views are made
+    on the device (the CPU default for the digits' 32 px views)."""
     result = accelerate_launch(DDP_CPU, [*run_pretraining_args(tmp_path / "out"), "--use_cpu"], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made by the CPU"
+    line = "Launch in effect: DDP, 2 processes on 1 node, backend gloo, fp32, attention sdpa, views made on the device"
     assert output.count(line) == 1, output[-3000:]  # once, on the main process
     assert UNUSED_WARNING not in output
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
