@@ -230,9 +230,9 @@ class MultiCropCollator:
     decoded images first (in `images`, when there are any) and the list `jpeg_bytes` after them, `labels` in the
     same order, and `LeJepaTrainer` decodes and appends the JPEGs on the device.
 
-    Examples that are `None` or whose `pixel_values` (or `images`) is `None` (failed decodes) are dropped, so a
-    batch may be smaller than the batch size; they are counted in `num_skipped` (per process: DataLoader workers keep
-    their own copies).
+    Examples that are `None` or whose `pixel_values` (or `images`, or `jpeg_bytes`) is `None` (failed decodes) are
+    dropped, so a batch may be smaller than the batch size; they are counted in `num_skipped` (per process:
+    DataLoader workers keep their own copies).
 
     Args:
         return_labels (`bool`, defaults to `True`):
