@@ -11,6 +11,7 @@ import sys
 
 import datasets
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -114,6 +115,25 @@ def test_missing_photo_package_names_the_fix(monkeypatch):
     monkeypatch.setattr(builtin, "BUILTIN_PHOTOS", (("no_such_package_xyz", "a.png", "a"),))
     with pytest.raises(FileNotFoundError, match="pip install no_such_package_xyz.*--builtin_dataset digits"):
         load_photos_dataset(**SMALL)
+
+
+def test_photos_task_on_other_photo_files(tmp_path):
+    """`photo_files`: one class per file, named after its stem, every crop cut from its own photo (each photo here
+    a different flat colour, so a crop's colour names its photo)."""
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    files = []
+    for name, colour in colours.items():
+        path = tmp_path / f"{name}.png"
+        PIL.Image.new("RGB", (48, 40), colour).save(path)
+        files.append(path)
+    photos = load_photos_dataset(**SMALL, photo_files=files)
+    assert photos["train"].features["label"].names == list(colours)
+    for split in ("train", "test"):
+        for row in photos[split]:
+            expected = colours[photos[split].features["label"].int2str(row["label"])]
+            assert np.abs(np.asarray(row["image"], dtype=int) - expected).max() <= 1
+    with pytest.raises(ValueError, match="distinct file names"):
+        load_photos_dataset(**SMALL, photo_files=[files[0], files[0]])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

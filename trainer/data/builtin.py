@@ -6,8 +6,10 @@ digits and crops of 17 photographs (`BUILTIN_DATASETS`, `load_builtin_dataset`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -137,11 +139,13 @@ def load_photos_dataset(
     test_cells_per_photo: int = 4,
     crop_scale: tuple[float, float] = (0.25, 1.0),
     seed: int = 0,
+    photo_files: Sequence[str | os.PathLike] | None = None,
 ) -> datasets.DatasetDict:
     """
     The built-in photos dataset: crops of the 17 real photographs listed in `BUILTIN_PHOTOS` (astronaut, cat, coffee,
     deep field, tissue, motorcycle, retina, rocket, palace, flower, portrait, and grey brick, grass, gravel, camera
-    man, coins, moon), which ship inside scikit-image, scikit-learn and matplotlib, so it loads with no network.
+    man, coins, moon), which ship inside scikit-image, scikit-learn and matplotlib, so it loads with no network; or
+    the same task on other photographs (`photo_files`).
 
     The labelled task is *which photograph a crop comes from*, on held-out parts of the photographs. Each photo is
     cut into a `grid_size` x `grid_size` grid of cells; `test_cells_per_photo` cells of each photo (drawn with
@@ -159,6 +163,8 @@ def load_photos_dataset(
         crop_scale (`tuple[float, float]`, defaults to `(0.25, 1.0)`): range of a crop's area, as a fraction of its
             cell's.
         seed (`int`, defaults to 0): seed of the held-out cells and of the crops.
+        photo_files (`Sequence[str | os.PathLike]`, *optional*): image files to use instead of `BUILTIN_PHOTOS`,
+            one class each, named after the file's stem.
 
     Returns:
         `datasets.DatasetDict`: "train" and "test" splits with columns "image" (`datasets.Image`, RGB) and "label"
@@ -180,10 +186,15 @@ def load_photos_dataset(
         )
     if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
         raise ValueError(f"`crop_scale` must satisfy 0 < low <= high <= 1, got {tuple(crop_scale)}.")
-    photos = [_read_packaged_photo(package, filename) for package, filename, _ in BUILTIN_PHOTOS]
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[name for _, _, name in BUILTIN_PHOTOS])}
-    )
+    if photo_files is None:
+        photos = [_read_packaged_photo(package, filename) for package, filename, _ in BUILTIN_PHOTOS]
+        names = [name for _, _, name in BUILTIN_PHOTOS]
+    else:
+        photos = [to_rgb_image(decode_image(Path(path).read_bytes())) for path in photo_files]
+        names = [Path(path).stem for path in photo_files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`photo_files` must have distinct file names (one class each), got {names}.")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     split_cells = _split_photo_cells(photos, grid_size, test_cells_per_photo, np.random.default_rng([seed, 0]))
 
     def build(split: str, stream: int, crops_per_photo: int) -> datasets.Dataset:
