@@ -16,6 +16,11 @@ from transformers.configuration_utils import SubConfigSpec
 # paper's 96 px.
 _VIT = {"model_type": "dinov2", "image_size": 224, "qkv_bias": True, "layer_norm_eps": 1e-6, "mlp_ratio": 4,
         "drop_path_rate": 0.1, "layerscale_value": 1.0, "use_mask_token": False}
+# Small models for small images: a plain `ViTModel` (no stochastic depth) with 16 tokens of 8 x 8 px at 32 px, a small
+# projector and 64 SIGReg directions.
+_PLAIN_VIT_32PX = {"model_type": "vit", "image_size": 32, "qkv_bias": True, "layer_norm_eps": 1e-6, "patch_size": 8}
+_SMALL_VIEWS = {"projector_hidden_size": 64, "projector_output_size": 16, "sigreg_num_slices": 64,
+                "global_image_size": 32, "local_image_size": 16}
 PRESETS: dict[str, dict[str, Any]] = {
     "vit-small-patch16": {
         "backbone_config": {**_VIT, "patch_size": 16, "hidden_size": 384, "num_hidden_layers": 12,
@@ -43,16 +48,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone_config": {"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
                             "drop_path_rate": 0.1},
     },
+    # Small images (up to about 64 px: thumbnails, patches, tiles) on a CPU: a 0.15M-parameter plain `ViTModel`
+    # (hidden 64, 4 layers, 16 tokens of 8 x 8 px) on 2 global views of 32 px and 2 local views of 16 px, the model of
+    # the built-in photos recipe.
+    "vit-small-images": {
+        "backbone_config": {**_PLAIN_VIT_32PX, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+                            "intermediate_size": 128},
+        **_SMALL_VIEWS,
+        "num_local_views": 2,
+    },
     # A few-second model for tests and demos: a plain `ViTModel` (no stochastic depth).
     "vit-tiny-test": {
-        "backbone_config": {"model_type": "vit", "image_size": 32, "qkv_bias": True, "layer_norm_eps": 1e-6,
-                            "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "backbone_config": {**_PLAIN_VIT_32PX, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                             "intermediate_size": 64},
-        "projector_hidden_size": 64,
-        "projector_output_size": 16,
-        "sigreg_num_slices": 64,
-        "global_image_size": 32,
-        "local_image_size": 16,
+        **_SMALL_VIEWS,
     },
 }
 

@@ -4,6 +4,7 @@ deterministically, the raw-pixel baseline goes through the same k-NN and probe c
 the default `python run_pretraining.py` prints the three rows and writes them into the model card.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from trainer.evaluation import (
     extract_embeddings,
     raw_pixels_like,
 )
+from trainer.recipes import BUILTIN_RECIPES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"image_size": 16, "train_crops_per_photo": 6, "test_crops_per_photo": 3}
@@ -207,6 +209,33 @@ def test_run_evaluation_adds_both_baselines_to_results_and_card(tmp_path):
     raw_knn = f"{100 * results['raw_pixel_baseline']['knn_accuracy']:.1f}"
     assert raw_knn in rows[2] and "/ 768" in rows[2]
     assert "**Raw pixels**" in card
+
+
+def test_small_images_preset_trains_on_a_folder(tmp_path, monkeypatch):
+    """`--train_dir ... --model_preset vit-small-images`: a folder of 64 px images trains a step with the preset's
+    model, and the saved model is the preset's (the built-in photos recipe's model)."""
+    import run_pretraining
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    output_dir = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "run_pretraining.py", "--output_dir", str(output_dir), "--train_dir", str(folder), "--model_preset",
+        "vit-small-images", "--max_steps", "1", "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0",
+        "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--logging_steps", "1",
+        "--cache_dir", str(tmp_path / "cache"),
+    ])
+    run_pretraining.main()
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["step"] == 1 and np.isfinite(history[0]["loss"])
+    saved = LeJepaConfig.from_pretrained(output_dir)
+    preset = LeJepaConfig.from_preset("vit-small-images")
+    assert saved.backbone_config.to_dict() == preset.backbone_config.to_dict()
+    assert (saved.global_image_size, saved.local_image_size, saved.num_local_views) == (32, 16, 2)
+    assert BUILTIN_RECIPES["photos"].preset == "vit-small-images"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

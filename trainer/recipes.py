@@ -43,16 +43,10 @@ class BuiltinRecipe:
 
 
 BUILTIN_RECIPES = {
-    # Crops of 17 real photographs (which photo does a crop come from; test crops from held-out parts of each photo).
-    # A 0.16M-parameter ViT (hidden 64, 4 layers, 16 tokens of 8 x 8 px) on 2 global views of 32 px and 2 local
-    # views of 16 px: on a CPU the views cost far more than the model (BENCHMARKS.md, "The first command"), so the
-    # model is widened and the local views cut from 6 to 2. 600 steps: at 300 the k-NN row was below the random
-    # backbone's (0.561 vs 0.590), at 600 above it (0.636 with the workers' views, 0.634 with the views made on the
-    # device, the CPU default at 32 px); 1200 steps and 6 local views were not clearly better (BENCHMARKS.md).
-    # Persistent workers: an epoch is 8.5 steps.
+    # Crops of 17 real photographs (which photo does a crop come from; test crops from held-out parts of each photo),
+    # with the small-images preset; the choices are measured in BENCHMARKS.md, "The first command".
     "photos": BuiltinRecipe(
-        config={"num_local_views": 2},
-        backbone={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4},
+        preset="vit-small-images",
         training={"learning_rate": 2e-3, "max_steps": 600, "dataloader_persistent_workers": True},
     ),
     # The 8 x 8 digits upsampled to 32 px carry little detail: local crops cover 20-50% of the image instead of the
