@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -66,15 +67,28 @@ def test_gpu_sh_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_loss_study_quick(tmp_path):
+    from scipy.stats import spearmanr
+
     study = load("loss_study")
     result = study.main(["--quick", "--output", str(tmp_path / "study"), "--work_dir", str(tmp_path / "runs")])
-    assert len(result["runs"]) == 3 and all(0.0 <= r["linear_probe_accuracy"] <= 1.0 for r in result["runs"])
-    assert {"overall", "random_init"} <= set(result["spearman"])
+    runs = result["runs"]
+    assert len(runs) == 3 and all(0.0 <= r["linear_probe_accuracy"] <= 1.0 for r in runs)
+    assert [r["lambda_sigreg"] for r in runs] == [0.01, 0.02, 0.05]
+    assert all(r["eval_loss_batch_stats"] > 0 and r["eval_loss"] > 0 for r in runs)
+    assert 0.0 <= result["random_init"]["linear_probe_accuracy"] <= 1.0
+    # C(alpha) = spearman(loss / lambda**alpha, accuracy), against scipy on the formula; alpha 0 is the loss itself
+    accuracy = [r["linear_probe_accuracy"] for r in runs]
+    criterion = result["spearman"]["criterion"]["eval_loss"]
+    expected = spearmanr([r["eval_loss"] / r["lambda_sigreg"] ** 0.4 for r in runs], accuracy).statistic
+    assert criterion["0.4"] == pytest.approx(expected) or (criterion["0.4"] is None and np.isnan(expected))
+    assert criterion["0"] == result["spearman"]["overall"]["eval_loss"]
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"study{suffix}").is_file()
-    # a second call reuses the finished runs (results.jsonl) instead of training again
+    # a second call reuses the finished runs (WORK_DIR/photos-quick.jsonl) instead of training again
     again = study.main(["--quick", "--output", str(tmp_path / "again"), "--work_dir", str(tmp_path / "runs")])
-    assert again["runs"] == result["runs"]
+    assert again["runs"] == runs
+
+
 def test_bench_device_views_quick(capsys):
     bench = load("bench_device_views")
     result = bench.main(["--quick", "--sections", "decode", "loader", "augment"])
