@@ -416,8 +416,8 @@ class LeJepaTrainer(Trainer):
         try:
             batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         except Exception as caught:  # shared with the other processes below, then raised here
-            if world_size == 1:
-                raise
+            if world_size == 1 or self.accelerator.dataloader_config.dispatch_batches is not False:
+                raise  # alone, or process 0 reads for all and the others wait for its broadcast
             error, batch_samples, num_items_in_batch = caught, [], None
         report = (len(batch_samples), None if error is None else f"{type(error).__name__}: {error}")
         reports = gather_object([report]) if world_size > 1 else [report]
