@@ -76,20 +76,20 @@ class LeJepaTrainer(Trainer):
     SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
     `stopped_by_signal` then holds the signal number).
 
-    A streamed `train_dataset` (`datasets.IterableDataset`) is read in passes until `max_steps`: it is repeated
-    (`IterableDataset.repeat(None)`, applied after Accelerate gives each process its shards), so each process starts
-    its next pass over its own shards when it runs out, whatever their sizes and however many bad images were
-    filtered out of them. Every process thus has a batch at every step and the processes make the same collective
-    calls; an epoch of a stream is one process's pass over its shards, and processes with less data start their next
-    pass sooner (each pass in the same order, with new views). At the first step of `train()` the processes check
-    together that each one got a batch: a process whose shards hold no usable image (or whose data loading raised)
-    stops the run with a `NoTrainingDataError` on every process, naming it and the fix. For streamed datasets (with
-    `torchdata` installed and
-    `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
-    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint. At the start of training
-    `LaunchCheckCallback` logs what is in effect (distributed type, processes, backend, precision, attention, where the
-    views are made; kept as `launch_summary` for the model card) and stops a launch that asked for FSDP, DeepSpeed or
-    several processes and did not get them (`trainer.launch.LaunchConfigurationError`).
+    A streamed `train_dataset` (`datasets.IterableDataset`) is read in passes until `max_steps`: it is repeated without
+    end (`IterableDataset.repeat(None)`; Accelerate's `shard` splits the data sources under the repeat), so each
+    process starts its next pass over its own shards when it runs out, whatever their sizes and however many bad
+    images were filtered out of them. Every process thus has a batch at every step and the processes make the same
+    collective calls; an epoch of a stream is one process's pass over its shards, and processes with less data start
+    their next pass sooner (each pass in the same order, with new views). At the first step of `train()` the processes
+    check together that each one got a batch: a process whose shards hold no usable image (or whose data loading
+    raised) stops the run with a `NoTrainingDataError` on every process, naming it and the fix. For streamed datasets
+    (with `torchdata` installed and `dataloader_num_workers=0`), the position in the stream is saved in every
+    checkpoint and restored on resume (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the
+    checkpoint. At the start of training `LaunchCheckCallback` logs what is in effect (distributed type, processes,
+    backend, precision, attention, where the views are made; kept as `launch_summary` for the model card) and stops a
+    launch that asked for FSDP, DeepSpeed or several processes and did not get them
+    (`trainer.launch.LaunchConfigurationError`).
 
     `evaluate` reports `eval_loss`, `eval_prediction_loss` and `eval_sigreg_loss`: the LeJEPA loss of the model in
     eval mode (projector BatchNorm on its running statistics, those of process 0) on fixed views (see
@@ -441,11 +441,17 @@ class LeJepaTrainer(Trainer):
                 where = f"the stream ({num_shards} shard(s), read whole by every process)"
             cause = f"reading its data raised {message}" if message else f"no usable image in {where}"
             lines.append(f"process {rank} of {world_size}: {cause}")
+        if world_size == 1:
+            fix = "Check the data files and `--image_column_name`"
+        else:
+            fix = (
+                f"Every process needs images at every step. Give the stream at least {world_size} shards that hold "
+                "usable images (for example split the data into more parquet files or .tar shards of similar sizes), "
+                "or train on fewer processes"
+            )
         return (
-            f"No training data on {len(empty)} of {world_size} process(es): {'; '.join(lines)}. Every process needs "
-            f"images at every step. Give the stream at least {world_size} shards that hold usable images (for example "
-            "split the data into more parquet files or .tar shards of similar sizes), or train on fewer processes; "
-            "for images that failed to decode, see the skipped-image warnings above."
+            f"No training data on {len(empty)} of {world_size} process(es): {'; '.join(lines)}. {fix}; for images "
+            "that failed to decode, see the skipped-image warnings above."
         )
 
     def compute_loss(
