@@ -4,6 +4,7 @@ Usage: python distributed_worker.py {data,gradients,train,evaluate,device_views}
 Writes its findings as JSON / torch files into OUTPUT_DIR for the test to compare with a single-process reference.
 """
 
+import itertools
 import json
 import os
 import sys
@@ -55,7 +56,7 @@ def make_trainer(output_dir: str, batch_size: int, batch_norm: bool, train_datas
 
 
 def check_data(output_dir: str) -> None:
-    """Indices each process sees in one epoch, map-style and streamed."""
+    """Indices each process sees in one epoch, map-style and streamed (and in its next pass over the stream)."""
     map_style = Dataset.from_dict({"index": list(range(NUM_IMAGES))})
     map_style = map_style.with_transform(lambda batch: {"index": batch["index"]})
 
@@ -73,7 +74,13 @@ def check_data(output_dir: str) -> None:
             accelerator_config={"dispatch_batches": dispatch},
         )
         trainer.data_collator = lambda examples: {"index": torch.tensor([e["index"] for e in examples])}
-        seen[name] = [i for batch in trainer.get_train_dataloader() for i in batch["index"].tolist()]
+        batches = trainer.get_train_dataloader()
+        if name == "stream":  # repeated by the trainer without end: this process's first two passes over its shards
+            per_pass = NUM_IMAGES // trainer.accelerator.num_processes // 4
+            batches = itertools.islice(batches, 2 * per_pass)
+        seen[name] = [i for batch in batches for i in batch["index"].tolist()]
+    stream, half = seen["stream"], len(seen["stream"]) // 2
+    seen["stream"], seen["stream_next_pass"] = stream[:half], stream[half:]
     rank = trainer.accelerator.process_index
     with open(os.path.join(output_dir, f"data_rank{rank}.json"), "w") as f:
         json.dump({"num_processes": trainer.accelerator.num_processes, **seen}, f)

@@ -35,6 +35,8 @@ def test_ranks_see_disjoint_data_covering_all_of_it(tmp_path):
         assert len(ranks[0][name]) == len(first) and len(ranks[1][name]) == len(second), f"{name}: repeated images"
         assert not first & second, f"{name}: ranks share images"
         assert first | second == set(range(32)), f"{name}: images lost"
+    for rank in ranks:  # each process's stream starts its next pass over the same shards (LeJepaTrainer repeats it)
+        assert sorted(rank["stream_next_pass"]) == sorted(rank["stream"])
 
 
 def test_sigreg_and_gradients_match_single_process(tmp_path):

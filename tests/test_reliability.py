@@ -32,6 +32,7 @@ from trainer import (
     MultiCropCollator,
     MultiCropTransform,
     NonFiniteLossError,
+    NoTrainingDataError,
     get_last_complete_checkpoint,
     is_complete_checkpoint,
     load_digits_dataset,
@@ -243,7 +244,7 @@ def test_nothing_usable_stops_with_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="Every example of this batch .* failed to decode"):
         run_main(monkeypatch, tmp_path / "map", "--data_files", str(data), "--cache_dir", str(tmp_path / "c"),
                  "--max_steps", "2")
-    with pytest.raises(RuntimeError, match="No training step was made: the data gave no usable image"):
+    with pytest.raises(NoTrainingDataError, match=r"process 0 of 1: no usable image in the stream \(1 shard"):
         run_main(monkeypatch, tmp_path / "stream", "--data_files", str(data), "--cache_dir", str(tmp_path / "c"),
                  "--max_steps", "2", "--streaming")
 

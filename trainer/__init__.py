@@ -9,7 +9,7 @@ from .callbacks import (
     is_complete_checkpoint,
 )
 from .data import *  # noqa: F403  (every public name of the data package, `data.__all__`, is one of `trainer`)
-from .trainer import LeJepaTrainer, NonFiniteLossError
+from .trainer import LeJepaTrainer, NonFiniteLossError, NoTrainingDataError
 from .validation import EVAL_SIGREG_SEED
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "LeJepaTrainer",
     "LeJepaTrainingArguments",
     "NonFiniteLossError",
+    "NoTrainingDataError",
     "StreamStateCallback",
     "get_last_complete_checkpoint",
     "is_complete_checkpoint",

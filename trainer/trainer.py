@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 import safetensors.torch
 import torch
+from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
@@ -53,6 +54,10 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss term is NaN or infinite and `LeJepaTrainer(on_nonfinite_loss="raise")`."""
 
 
+class NoTrainingDataError(RuntimeError):
+    """Raised on every process when a process's part of a streamed training set gives no batch (`LeJepaTrainer`)."""
+
+
 class LeJepaTrainer(Trainer):
     """
     A [`~transformers.Trainer`] for [`LeJepaForPreTraining`] on batches of multi-crop views.
@@ -69,12 +74,22 @@ class LeJepaTrainer(Trainer):
     statistics as they were (the learning-rate schedule moves on), is counted in `nonfinite_steps` and logged; with
     several processes the step is skipped on all of them when any one sees a non-finite loss. With `save_on_sigterm`,
     SIGTERM saves a checkpoint at the end of the current step and stops (`GracefulShutdownCallback`;
-    `stopped_by_signal` then holds the signal number). For streamed datasets (with `torchdata` installed and
-    `dataloader_num_workers=0`), the position in the stream is saved in every checkpoint and restored on resume
-    (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the checkpoint. At the start of training
-    `LaunchCheckCallback` logs what is in effect (distributed type, processes, backend, precision, attention, where the
-    views are made; kept as `launch_summary` for the model card) and stops a launch that asked for FSDP, DeepSpeed or
-    several processes and did not get them (`trainer.launch.LaunchConfigurationError`).
+    `stopped_by_signal` then holds the signal number).
+
+    A streamed `train_dataset` (`datasets.IterableDataset`) is read in passes until `max_steps`: it is repeated without
+    end (`IterableDataset.repeat(None)`; Accelerate's `shard` splits the data sources under the repeat), so each
+    process starts its next pass over its own shards when it runs out, whatever their sizes and however many bad
+    images were filtered out of them. Every process thus has a batch at every step and the processes make the same
+    collective calls; an epoch of a stream is one process's pass over its shards, and processes with less data start
+    their next pass sooner (each pass in the same order, with new views). At the first step of `train()` the processes
+    check together that each one got a batch: a process whose shards hold no usable image (or whose data loading
+    raised) stops the run with a `NoTrainingDataError` on every process, naming it and the fix. For streamed datasets
+    (with `torchdata` installed and `dataloader_num_workers=0`), the position in the stream is saved in every
+    checkpoint and restored on resume (`StreamStateCallback`); otherwise a resumed run re-reads the stream up to the
+    checkpoint. At the start of training `LaunchCheckCallback` logs what is in effect (distributed type, processes,
+    backend, precision, attention, where the views are made; kept as `launch_summary` for the model card) and stops a
+    launch that asked for FSDP, DeepSpeed or several processes and did not get them
+    (`trainer.launch.LaunchConfigurationError`).
 
     `evaluate` reports `eval_loss`, `eval_prediction_loss` and `eval_sigreg_loss`: the LeJEPA loss of the model in
     eval mode (projector BatchNorm on its running statistics, those of process 0) on fixed views (see
@@ -160,7 +175,10 @@ class LeJepaTrainer(Trainer):
         self.launch_summary: str | None = None  # what is in effect, set at the start of training (LaunchCheckCallback)
         self.add_callback(LaunchCheckCallback(self))
         self.stream_state_callback: StreamStateCallback | None = None  # streams: their position in checkpoints
+        self._data_checked = False  # whether every process got a first batch in this `train()` (streams)
         if isinstance(self.train_dataset, datasets.IterableDataset):
+            # Each process reads passes over its own shards until `max_steps` (see the class docstring).
+            self.train_dataset = self.train_dataset.repeat(None)
             self.stream_state_callback = stream_state_callback(self.accelerator, self.args)
             if self.stream_state_callback is not None:
                 self.add_callback(self.stream_state_callback)
@@ -208,6 +226,7 @@ class LeJepaTrainer(Trainer):
                 self.stream_state_callback.load_pending(states[self.args.process_index])
                 self.args.ignore_data_skip = True  # the saved position replaces Trainer's skipping of seen batches
         self._window_start, self._window_images, self._window_flops = time.perf_counter(), 0, 0.0
+        self._data_checked = False
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
@@ -378,6 +397,62 @@ class LeJepaTrainer(Trainer):
         if per_image is None:
             return super().floating_point_ops(inputs)
         return int(per_image * shapes[0])
+
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        """
+        `Trainer.get_batch_samples`; for a stream, the first call of each `train()` also checks, on all processes
+        together (one `all_gather_object`), that every process got its batches: otherwise every process raises a
+        `NoTrainingDataError` naming the processes without data and the fix, instead of one process leaving the
+        training loop while the others wait for it in the next collective. Later steps need no check, as each process
+        repeats its own shards (see the class docstring).
+        """
+        if self._data_checked or not isinstance(self.train_dataset, datasets.IterableDataset):
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._data_checked = True
+        world_size = self.accelerator.num_processes
+        error: Exception | None = None
+        try:
+            batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        except Exception as caught:  # shared with the other processes below, then raised here
+            if world_size == 1 or self.accelerator.dataloader_config.dispatch_batches is not False:
+                raise  # alone, or process 0 reads for all and the others wait for its broadcast
+            error, batch_samples, num_items_in_batch = caught, [], None
+        report = (len(batch_samples), None if error is None else f"{type(error).__name__}: {error}")
+        reports = gather_object([report]) if world_size > 1 else [report]
+        empty = [(rank, message) for rank, (count, message) in enumerate(reports) if count == 0]
+        if empty:
+            raise NoTrainingDataError(self._no_data_message(empty)) from error
+        return batch_samples, num_items_in_batch
+
+    def _no_data_message(self, empty: list[tuple[int, str | None]]) -> str:
+        """What went wrong on each process of `empty` (`(process index, its error or None)`), and the fix."""
+        world_size = self.accelerator.num_processes
+        num_shards = self.train_dataset.num_shards
+        lines = []
+        for rank, message in empty:
+            if world_size == 1:
+                where = f"the stream ({num_shards} shard(s))"
+            elif num_shards >= world_size:  # Accelerate gives each process its own shards
+                own = self.train_dataset.shard(num_shards=world_size, index=rank).num_shards
+                where = f"its {own} shard(s) of the stream's {num_shards}"
+            else:
+                where = f"the stream ({num_shards} shard(s), read whole by every process)"
+            cause = f"reading its data raised {message}" if message else f"no usable image in {where}"
+            lines.append(f"process {rank} of {world_size}: {cause}")
+        if world_size == 1:
+            fix = "Check the data files and `--image_column_name`"
+        else:
+            fix = (
+                f"Every process needs images at every step. Give the stream at least {world_size} shards that hold "
+                "usable images (for example split the data into more parquet files or .tar shards of similar sizes), "
+                "or train on fewer processes"
+            )
+        return (
+            f"No training data on {len(empty)} of {world_size} process(es): {'; '.join(lines)}. {fix}; for images "
+            "that failed to decode, see the skipped-image warnings above."
+        )
 
     def compute_loss(
         self,
