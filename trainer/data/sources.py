@@ -18,6 +18,7 @@ from datasets.load import infer_module_for_data_files
 from datasets.packaged_modules.webdataset.webdataset import WebDataset
 from transformers.utils import logging
 
+from .arrays import ImageFormat, inspect_images
 from .collator import (
     VALIDATION_VIEW_SEED,
     VIEW_SEED_COLUMN,
@@ -39,6 +40,17 @@ def _feature_is_image(feature: Any) -> bool:
     return isinstance(feature, datasets.Image)
 
 
+def _feature_is_array(feature: Any) -> bool:
+    """An image stored as a numpy array (`Array2D` `(H, W)` or `Array3D` `(H, W, C)` / `(C, H, W)`)."""
+    return isinstance(feature, (datasets.Array2D, datasets.Array3D))
+
+
+def array_dtype(features: datasets.Features | None, image_column_name: str) -> str | None:
+    """The dtype of an array image column (e.g. `"uint16"`), `None` for other columns or unknown features."""
+    feature = features.get(image_column_name) if features is not None else None
+    return feature.dtype if _feature_is_array(feature) else None
+
+
 def _feature_is_integer(feature: Any) -> bool:
     return isinstance(feature, datasets.ClassLabel) or (
         isinstance(feature, datasets.Value) and ("int" in feature.dtype)
@@ -48,9 +60,9 @@ def _feature_is_integer(feature: Any) -> bool:
 def detect_image_column(features: datasets.Features | None, image_column_name: str | None = None) -> str:
     """
     Finds the image column: `image_column_name` when given (it must exist, unless the features are unknown), else
-    the only `datasets.Image` column, else the only column named like an image file extension (`jpg`, `png`,
-    `webp`, ... as in webdataset shards: the extensions that the `webdataset` builder of `datasets` decodes as
-    images).
+    the only `datasets.Image` column, else the only array column (`Array2D`, `Array3D`: images stored as arrays),
+    else the only column named like an image file extension (`jpg`, `png`, `webp`, ... as in webdataset shards: the
+    extensions that the `webdataset` builder of `datasets` decodes as images).
 
     Args:
         features (`datasets.Features`): the dataset's features.
@@ -75,6 +87,8 @@ def detect_image_column(features: datasets.Features | None, image_column_name: s
             )
         return image_column_name
     candidates = [name for name, feature in features.items() if _feature_is_image(feature)]
+    if not candidates:
+        candidates = [name for name, feature in features.items() if _feature_is_array(feature)]
     if not candidates:
         image_extensions = WebDataset.IMAGE_EXTENSIONS
         candidates = [name for name in columns if name.rsplit(".", 1)[-1].lower() in image_extensions]
@@ -294,6 +308,7 @@ def prepare_pretraining_dataset(
         counter=counter,
         max_image_pixels=max_image_pixels,
         report_skipped=streaming,  # the stream's filter drops bad rows before the collator
+        array_dtype=array_dtype(dataset.features, image_column_name),
     )
     if not streaming:
         return dataset.with_transform(batch_transform)
@@ -310,7 +325,7 @@ def _undecoded_image_column(
     dataset: datasets.Dataset | datasets.IterableDataset, image_column_name: str
 ) -> datasets.Dataset | datasets.IterableDataset:
     """`dataset` with its image column cast to `datasets.Image(decode=False)`, after checking that the column exists
-    and holds images, bytes or paths (when the features are known)."""
+    and holds images, bytes or paths (when the features are known); array columns are left as they are."""
     features = dataset.features
     if features is not None:
         if image_column_name not in features:
@@ -319,6 +334,8 @@ def _undecoded_image_column(
                 "of them as `--image_column_name`."
             )
         feature = features[image_column_name]
+        if _feature_is_array(feature):
+            return dataset
         castable = _feature_is_image(feature) or (
             isinstance(feature, datasets.Value)
             and feature.dtype in ("binary", "large_binary", "string", "large_string")
@@ -435,6 +452,36 @@ def split_validation_dataset(
     if isinstance(validation_dataset, datasets.Dataset):
         return train_dataset, sample_examples(validation_dataset, max_eval_samples)
     return train_dataset, take_validation_examples(validation_dataset, max_eval_samples, image_column_name)
+
+
+def inspect_dataset_images(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column_name: str,
+    num_samples: int = 256,
+    **kwargs: Any,
+) -> ImageFormat:
+    """
+    `inspect_images` (the pixel format, channels, dtype and per-channel statistics of a run's images) on a sample of
+    `dataset`: at most `num_samples` undecoded images, drawn with a constant seed from a map-style dataset
+    (`sample_examples`), the first ones of a stream (in its seeded shuffle order). Every process draws the same
+    sample, so they agree without communicating, and a resumed run finds the same statistics.
+
+    Args:
+        kwargs: `num_channels`, `max_pixel_value`, `image_mean`, `image_std` of `inspect_images`.
+    """
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be positive, got {num_samples}.")
+    dtype = array_dtype(dataset.features, image_column_name)
+    dataset = _undecoded_image_column(dataset, image_column_name)
+    if isinstance(dataset, datasets.Dataset):
+        values = sample_examples(dataset, num_samples)[image_column_name]
+    else:
+        values = [row[image_column_name] for row in dataset.select_columns([image_column_name]).take(num_samples)]
+    if not values:
+        raise ValueError("The dataset has no image to inspect.")
+    image_format = inspect_images(values, dtype=dtype, **kwargs)
+    logger.info(f"Images: {image_format}")
+    return image_format
 
 
 def sample_examples(dataset: datasets.Dataset, num_examples: int | None) -> datasets.Dataset:

@@ -22,6 +22,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_lejepa.configuration_lejepa import VIEW_GEOMETRY_FIELDS, LeJepaConfig, check_view_geometry
 
+from .arrays import resize_array
 from .decoding import to_rgb_image
 
 _INTERPOLATIONS = {
@@ -29,7 +30,6 @@ _INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
 }
-
 
 
 def _per_view(probability: float | Sequence[float], index: int) -> float:
@@ -77,9 +77,24 @@ class MultiCropConfig:
         global_solarize_prob (`float` or `tuple[float, ...]`, defaults to `(0.0, 0.2)`): see above.
         local_solarize_prob (`float`, defaults to 0.0).
         solarize_threshold (`int`, defaults to 128): pixels at or above it (on the 0..255 scale) are inverted.
-        image_mean (`tuple[float, float, float]`, defaults to ImageNet's): per-channel mean, on the 0..1 scale.
-        image_std (`tuple[float, float, float]`, defaults to ImageNet's): per-channel standard deviation.
+        image_mean (`tuple[float, ...]`, defaults to ImageNet's): per-channel mean, on the 0..1 scale (for `"rgb"`,
+            1 or 3 values; for `"float"`, one per channel of the data).
+        image_std (`tuple[float, ...]`, defaults to ImageNet's): per-channel standard deviation.
         background_color (`tuple[int, int, int]`, defaults to white): colour behind transparent pixels.
+        pixel_format (`str`, defaults to `"rgb"`): `"rgb"` for 8-bit images turned into RGB, with every augmentation
+            above; `"float"` for images read with their values and channels (`trainer.data.arrays`: 16-bit, CT,
+            multi-band), whose views are made on the device only (`DeviceMultiCrop`) with the crops, flip and blur
+            above and, instead of the colour jitter, grayscale and solarization (meaningless beyond RGB), the
+            per-channel jitter below.
+        rescale_factor (`float`, defaults to 1.0): `"float"` only: what the raw values are multiplied by (the image
+            processor's `rescale_factor`; `1 / 65535` for `uint16`).
+        channel_jitter_prob (`float`, defaults to 0.8): `"float"` only: probability that a view gets the per-channel
+            jitter: every channel `c` of the view becomes `(x_c - m_c) * k_c + m_c * b_c`, with `m_c` its mean over
+            the view, a contrast factor `k_c` uniform in `[1 - channel_contrast, 1 + channel_contrast]` and a
+            brightness factor `b_c` uniform in `[1 - channel_brightness, 1 + channel_brightness]`, drawn per view
+            and per channel; values are not clipped.
+        channel_brightness (`float`, defaults to 0.2): see `channel_jitter_prob`.
+        channel_contrast (`float`, defaults to 0.2): see `channel_jitter_prob`.
     """
 
     num_global_views: int = LeJepaConfig.num_global_views
@@ -107,6 +122,11 @@ class MultiCropConfig:
     image_mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
     image_std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
     background_color: tuple[int, int, int] = (255, 255, 255)
+    pixel_format: str = "rgb"
+    rescale_factor: float = 1.0
+    channel_jitter_prob: float = 0.8
+    channel_brightness: float = 0.2
+    channel_contrast: float = 0.2
 
     def __post_init__(self):
         for name in ("global_crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma", "background_color"):
@@ -118,16 +138,37 @@ class MultiCropConfig:
         self.image_std = self._channels("image_std")
         self._check_values()
 
-    def _channels(self, name: str) -> tuple[float, float, float]:
+    def _channels(self, name: str) -> tuple[float, ...]:
         value = getattr(self, name)
-        values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+        values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+        if self.pixel_format == "float":
+            if not values:
+                raise ValueError(f"`{name}` needs one value per channel of the data, got {value}.")
+            return tuple(values)
         if len(values) == 1:
             values = values * 3
         if len(values) != 3:
             raise ValueError(f"`{name}` needs 1 or 3 values (one per RGB channel), got {value}.")
         return tuple(values)
 
+    @property
+    def num_channels(self) -> int:
+        """Channels of the views: 3 for `"rgb"`, `len(image_mean)` for `"float"`."""
+        return len(self.image_mean)
+
     def _check_values(self) -> None:
+        if self.pixel_format not in ("rgb", "float"):
+            raise ValueError(f"`pixel_format` must be 'rgb' or 'float', got {self.pixel_format!r}.")
+        if len(self.image_std) != len(self.image_mean):
+            raise ValueError(
+                f"`image_mean` and `image_std` need the same number of values, got {self.image_mean} and "
+                f"{self.image_std}."
+            )
+        if not self.rescale_factor > 0:
+            raise ValueError(f"`rescale_factor` must be positive, got {self.rescale_factor}.")
+        for name in ("channel_brightness", "channel_contrast"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         check_view_geometry(**{name: getattr(self, name) for name in VIEW_GEOMETRY_FIELDS})
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"`crop_ratio` must be (min, max) with 0 < min <= max, got {self.crop_ratio}.")
@@ -136,7 +177,7 @@ class MultiCropConfig:
         probabilities = {
             name: getattr(self, name)
             for name in ("horizontal_flip_prob", "color_jitter_prob", "grayscale_prob", "local_blur_prob",
-                         "local_solarize_prob")
+                         "local_solarize_prob", "channel_jitter_prob")
         }
         for name in ("global_blur_prob", "global_solarize_prob"):
             values = getattr(self, name)
@@ -256,6 +297,12 @@ class MultiCropTransform:
     def __init__(self, config: MultiCropConfig | None = None, **kwargs):
         self.config = MultiCropConfig.given(config, kwargs)
         c = self.config
+        if c.pixel_format != "rgb":
+            raise ValueError(
+                "The DataLoader workers make views of 8-bit RGB images only, and these images are not "
+                f"({c.num_channels} channel(s) read with their values): make the views on the device with "
+                "`--augment_on_device` (`DeviceMultiCrop`), which handles any number of channels."
+            )
         self.global_views = [
             self._view_pipeline(c.global_image_size, c.global_crop_scale, _per_view(c.global_blur_prob, index),
                                 _per_view(c.global_solarize_prob, index))
@@ -374,6 +421,8 @@ class DecodeResizeTransform:
         self, config: MultiCropConfig | None = None, target_pixels: int | None = None, decode_on_device: bool = False
     ):
         self.config = config if config is not None else MultiCropConfig()
+        if decode_on_device and self.config.pixel_format != "rgb":
+            raise ValueError("`decode_on_device` decodes JPEGs: it does not apply to images that are not 8-bit RGB.")
         self.decode_on_device = decode_on_device
         c = self.config
         if target_pixels is None:
@@ -409,8 +458,13 @@ class DecodeResizeTransform:
     def __call__(self, image: PIL.Image.Image | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Returns:
-            `dict[str, torch.Tensor]`: `"images"`, `uint8` of shape `(3, h, w)`.
+            `dict[str, torch.Tensor]`: `"images"`, `uint8` of shape `(3, h, w)`; for `pixel_format="float"`, an
+            array `(C, h, w)` (from `read_image_array`) multiplied by `rescale_factor`, as `float32`.
         """
+        if self.config.pixel_format == "float":
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mul_(self.config.rescale_factor)
+            width, height = self.output_size(pixels.shape[-1], pixels.shape[-2])
+            return {self.output_key: resize_array(pixels, (height, width))}
         image = to_rgb_image(image, self.config.background_color)
         size = self.output_size(*image.size)
         if size != image.size:
