@@ -73,8 +73,10 @@ class ImageFormat:
 
     def image_processor(self, image_size: int) -> Any:
         """The `ViTImageProcessor` that prepares this data for the model: resize to `image_size`, rescale by
-        `rescale_factor`, normalise with the per-channel mean and std. It takes `(C, H, W)` or `(H, W, C)` arrays
-        of any channel count (pass `input_data_format`) and reloads with `AutoImageProcessor` without this project.
+        `rescale_factor`, normalise with the per-channel mean and std, never convert to RGB (`do_convert_rgb=False`,
+        which also tells `extract_embeddings` to read images with their values). It takes `(C, H, W)` or
+        `(H, W, C)` arrays of any channel count (pass `input_data_format`) and reloads with `AutoImageProcessor`
+        without this project.
         Only for `"float"` data (the RGB path keeps ImageNet's processor)."""
         from transformers import ViTImageProcessor
 
@@ -88,6 +90,7 @@ class ImageFormat:
             do_normalize=True,
             image_mean=list(self.image_mean),
             image_std=list(self.image_std),
+            do_convert_rgb=False,
         )
 
 
