@@ -291,8 +291,8 @@ def inspect_images(
         except ImageDecodeError as error:
             if reference is not None and error.kind == "channels":
                 raise ValueError(
-                    f"Image {name} does not have the {reference[1].shape[0]} channels of {reference[0]} (the first "
-                    f"sampled image): {error} Give every image the same bands, or pass `--num_channels`."
+                    f"Image {name} does not fit the {reference[1].shape[0]} channels of {reference[0]} (the first "
+                    f"sampled image): {error}"
                 ) from error
             logger.warning(f"Skipping {name} while inspecting the data: {error}")
             continue

@@ -1,0 +1,298 @@
+"""Images that are not 8-bit RGB (16-bit grayscale, CT values, multi-band tiles, arrays): read with their values and
+channels, the run's format and per-channel statistics from a sample, the backbone built with the data's channels, views
+made on the device on any channel count, and an image processor that a fresh process without this project reloads.
+Every image is made in the test; the references are the arrays written, float64 formulas and torchvision."""
+
+import io
+import json
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import tifffile
+import torch
+from conftest import run_without_package
+from torchvision.transforms.v2 import functional as tv_functional
+from transformers import ConvNextConfig, Dinov2Config, ResNetConfig, TimmWrapperConfig, ViTConfig
+
+from modeling_lejepa import LeJepaConfig, LeJepaModel
+from modeling_lejepa.configuration_lejepa import set_backbone_num_channels
+from trainer.data import DecodeResizeTransform, MultiCropCollator, MultiCropConfig, MultiCropTransform
+from trainer.data.arrays import ImageFormat, channels_first, inspect_images, read_image_array
+from trainer.data.collator import MultiCropBatchTransform
+from trainer.data.device_views import DeviceMultiCrop, channel_jitter, view_generator
+from trainer.data.sources import detect_image_column, inspect_dataset_images, prepare_pretraining_dataset
+from trainer.recipes import build_pretraining_config
+
+
+def tile(seed: int = 0, bands: int = 13, size: int = 24, dtype=np.uint16) -> np.ndarray:
+    """A (H, W, C) tile whose bands have different levels, as satellite bands do."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 3000, (size, size, bands)) + 1500 * np.arange(bands)).astype(dtype)
+
+
+def tiff_bytes(array: np.ndarray, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **kwargs)
+    return buffer.getvalue()
+
+
+def png16_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format="PNG")  # uint16 (H, W): mode I;16
+    return buffer.getvalue()
+
+
+def float_views(image_format: ImageFormat, size: int, **overrides) -> MultiCropConfig:
+    """Views of `image_format` data that crop each whole image at its own size, with no augmentation unless asked."""
+    settings = dict(
+        num_global_views=1, num_local_views=0, global_image_size=size, global_crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0), horizontal_flip_prob=0.0, global_blur_prob=0.0, channel_jitter_prob=0.0,
+        pixel_format="float", rescale_factor=image_format.rescale_factor, image_mean=image_format.image_mean,
+        image_std=image_format.image_std,
+    )
+    return MultiCropConfig(**(settings | overrides))
+
+
+def device_views(config: MultiCropConfig, arrays: list[np.ndarray], seed: int = 0) -> torch.Tensor:
+    """The workers' part (DecodeResizeTransform), the collator and DeviceMultiCrop, as the trainer chains them."""
+    resize = DecodeResizeTransform(config)
+    batch = MultiCropCollator()([resize(array) for array in arrays])
+    return DeviceMultiCrop(config)(batch["images"], batch["image_sizes"], view_generator(seed, 0))["pixel_values"]
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+@pytest.mark.parametrize("kind", ["tiff_hwc", "tiff_contig", "tiff_chw", "npy", "png16", "tiff16", "list"])
+def test_every_source_is_read_with_its_values_and_channels(kind, tmp_path):
+    array = tile(bands=1 if kind in ("png16", "tiff16") else 13)
+    if kind in ("png16", "tiff16"):
+        array = array[..., 0]
+        array[0, 0], array[0, 1] = 65535, 257  # the top of the range and a value whose low byte is not its high one
+    expected = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    if kind == "tiff_hwc":
+        value = {"bytes": tiff_bytes(array), "path": None}
+    elif kind == "tiff_contig":  # one page of 13 samples per pixel, as GeoTIFFs are laid out (PIL cannot open it)
+        value = {"bytes": tiff_bytes(array, photometric="minisblack", planarconfig="contig"), "path": None}
+    elif kind == "tiff_chw":
+        (tmp_path / "tile.tif").write_bytes(tiff_bytes(expected))
+        value = str(tmp_path / "tile.tif")
+    elif kind == "npy":
+        np.save(tmp_path / "tile.npy", array)
+        value = {"bytes": None, "path": str(tmp_path / "tile.npy")}
+    elif kind == "png16":
+        value = png16_bytes(array)
+    elif kind == "tiff16":
+        value = tiff_bytes(array)
+    else:  # a `datasets` Array3D column as the python formatter gives it
+        value = array.tolist()
+    read = read_image_array(value, dtype="uint16" if kind == "list" else None)
+    assert read.dtype == np.uint16 and read.shape == expected.shape
+    np.testing.assert_array_equal(read, expected)
+
+
+def test_layouts_are_detected_and_checked():
+    array = np.zeros((13, 20, 30), dtype=np.float32)
+    assert channels_first(array).shape == (13, 20, 30)
+    assert channels_first(np.moveaxis(array, 0, -1)).shape == (13, 20, 30)
+    assert channels_first(np.moveaxis(array, 0, -1), num_channels=13).shape == (13, 20, 30)
+    assert channels_first(np.zeros((20, 30))).shape == (1, 20, 30)
+    with pytest.raises(ValueError, match="no axis of 4 channels"):
+        channels_first(array, num_channels=4, where=" (a.tif)")
+    with pytest.raises(ValueError, match="--num_channels"):
+        channels_first(np.zeros((5, 20, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        read_image_array(np.full((3, 8, 8), np.nan, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------- inspection
+def test_eight_bit_images_keep_the_rgb_path(tmp_path):
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (20, 10), (10, 200, 30)).save(buffer, format="JPEG")
+    gray = io.BytesIO()
+    PIL.Image.new("L", (20, 10), 100).save(gray, format="PNG")
+    values = [buffer.getvalue(), gray.getvalue(), np.zeros((10, 20, 3), dtype=np.uint8)]
+    assert inspect_images(values).pixel_format == "rgb"
+    one_channel = inspect_images([gray.getvalue()], num_channels=1)  # asked for: values kept, one channel
+    assert (one_channel.pixel_format, one_channel.num_channels, one_channel.rescale_factor) == ("float", 1, 1 / 255)
+
+
+def test_statistics_of_a_multiband_sample_match_a_float64_reference():
+    arrays = [tile(seed) for seed in range(4)]
+    image_format = inspect_images([tiff_bytes(array) for array in arrays])
+    assert (image_format.pixel_format, image_format.num_channels, image_format.dtype) == ("float", 13, "uint16")
+    assert image_format.rescale_factor == 1 / 65535
+    pixels = np.concatenate([array.reshape(-1, 13) for array in arrays]).astype(np.float64) / 65535
+    np.testing.assert_allclose(image_format.image_mean, pixels.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(image_format.image_std, pixels.std(axis=0), rtol=1e-6)
+    given = inspect_images([tiff_bytes(arrays[0])], image_mean=[0.1] * 13, image_std=[0.2] * 13, max_pixel_value=4095)
+    assert given.image_mean == (0.1,) * 13 and given.rescale_factor == 1 / 4095
+    with pytest.raises(ValueError, match="one value per channel"):
+        inspect_images([tiff_bytes(arrays[0])], image_mean=[0.1], image_std=[0.2])
+
+
+def test_a_folder_mixing_4_and_13_bands_stops_naming_the_file(tmp_path):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for index in range(6):
+        tifffile.imwrite(folder / f"tile{index}.tif", tile(index, bands=4 if index == 3 else 13))
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    with pytest.raises(ValueError, match=r"tile3\.tif does not fit the 13 channels of .*tile0\.tif"):
+        inspect_dataset_images(dataset, "image")
+    dtypes = [tiff_bytes(tile(0)), tiff_bytes(tile(1, dtype=np.int16))]
+    with pytest.raises(ValueError, match="row 1 is int16"):
+        inspect_images(dtypes)
+
+
+def test_array3d_columns_of_a_parquet_file_are_found_and_read(tmp_path):
+    arrays = [tile(seed, size=16) for seed in range(3)]
+    features = datasets.Features({"pixels": datasets.Array3D(shape=(16, 16, 13), dtype="uint16")})
+    datasets.Dataset.from_dict({"pixels": arrays}, features=features).to_parquet(tmp_path / "tiles.parquet")
+    dataset = datasets.load_dataset("parquet", data_files=str(tmp_path / "tiles.parquet"), split="train")
+    assert detect_image_column(dataset.features) == "pixels"
+    image_format = inspect_dataset_images(dataset, "pixels")
+    assert (image_format.num_channels, image_format.dtype) == (13, "uint16")
+    config = float_views(image_format, 16)
+    prepared = prepare_pretraining_dataset(dataset, DecodeResizeTransform(config), "pixels")
+    image = prepared[0]["images"]
+    expected = torch.from_numpy(np.moveaxis(arrays[0], -1, 0).astype(np.float64) / 65535)
+    torch.testing.assert_close(image.double(), expected, rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------- views
+def test_sixteen_bit_grayscale_keeps_its_low_byte():
+    low = np.full((16, 16), 0x1200, dtype=np.uint16)
+    high = low + 0x40  # the same high byte: identical once divided by 257 and rounded to 8 bits
+    values = [png16_bytes(low), png16_bytes(high)]
+    image_format = inspect_images(values, image_mean=[0.5], image_std=[0.25])
+    arrays = [read_image_array(value, 1) for value in values]
+    views = device_views(float_views(image_format, 16), arrays)
+    assert not torch.equal(views[0], views[1])
+    expected = (0x40 / 65535) / 0.25  # the difference the low byte makes, after normalisation
+    torch.testing.assert_close((views[1] - views[0]).double(), torch.full_like(views[0], expected).double())
+    # the 8-bit RGB conversion loses it: both images are one grey
+    from trainer.data import to_rgb_image
+
+    assert np.array_equal(np.asarray(to_rgb_image(low)), np.asarray(to_rgb_image(high)))
+
+
+def test_ct_values_stay_negative_and_unclipped():
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1024, 3000, (20, 20)).astype(np.int16)  # Hounsfield units: air is -1000
+    image_format = inspect_images([tiff_bytes(ct)])
+    assert image_format.rescale_factor == 1 / 32767
+    views = device_views(float_views(image_format, 20), [read_image_array(tiff_bytes(ct), 1)])
+    mean, std = image_format.image_mean[0], image_format.image_std[0]
+    expected = (ct.astype(np.float64) / 32767 - mean) / std
+    np.testing.assert_allclose(views[0, 0, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert views.min() == pytest.approx(expected.min(), rel=1e-5) and expected.min() < -1
+
+
+def test_flip_and_blur_on_13_channels_match_torchvision():
+    array = tile(3, size=20)
+    image_format = inspect_images([array])
+    config = float_views(image_format, 20, horizontal_flip_prob=1.0, global_blur_prob=1.0, blur_kernel_size=5)
+    views = device_views(config, [read_image_array(array)], seed=7)
+    sigma = float(DeviceMultiCrop(config).sample_parameters(1, view_generator(7, 0))["pixel_values"].blur_sigma[0])
+    pixels = torch.from_numpy(np.moveaxis(array, -1, 0).astype(np.float32) / 65535)
+    expected = tv_functional.gaussian_blur(tv_functional.horizontal_flip(pixels), [5, 5], [sigma, sigma])
+    mean = torch.tensor(image_format.image_mean).view(13, 1, 1)
+    std = torch.tensor(image_format.image_std).view(13, 1, 1)
+    torch.testing.assert_close(views[0, 0], (expected - mean) / std, rtol=1e-4, atol=1e-4)
+
+
+def test_channel_jitter_matches_its_definition_and_colour_operations_stay_off():
+    generator = torch.Generator().manual_seed(0)
+    views = torch.rand(3, 13, 8, 8, generator=generator, dtype=torch.float64) - 0.2  # negative values too
+    factors = torch.rand(3, 13, 2, generator=generator, dtype=torch.float64) + 0.5
+    reference = np.empty_like(views.numpy())
+    for n in range(3):
+        for c in range(13):
+            x = views[n, c].numpy()
+            contrast, brightness = factors[n, c].numpy()
+            reference[n, c] = (x - x.mean()) * contrast + x.mean() * brightness
+    np.testing.assert_allclose(channel_jitter(views, factors).numpy(), reference, rtol=1e-10, atol=1e-14)
+    config = MultiCropConfig(pixel_format="float", image_mean=[0.0] * 13, image_std=[1.0] * 13)
+    parameters = DeviceMultiCrop(config).sample_parameters(64, view_generator(0, 0))
+    for p in parameters.values():
+        assert not (p.jitter.any() or p.grayscale.any() or p.solarize.any())
+        assert 0.6 < p.channel_jitter.float().mean() < 1.0 and p.channel_factors.shape[1:] == (13, 2)
+        assert p.channel_factors.min() >= 0.8 and p.channel_factors.max() <= 1.2
+    rgb = DeviceMultiCrop(MultiCropConfig()).sample_parameters(4, view_generator(0, 0))["pixel_values"]
+    assert rgb.channel_jitter is None and rgb.channel_factors is None
+
+
+def test_the_worker_path_refuses_n_channel_data_naming_augment_on_device():
+    config = MultiCropConfig(pixel_format="float", image_mean=[0.0] * 13, image_std=[1.0] * 13)
+    with pytest.raises(ValueError, match="--augment_on_device"):
+        MultiCropTransform(config)
+
+
+def test_a_bad_band_count_in_training_is_skipped_and_counted():
+    config = MultiCropConfig(pixel_format="float", image_mean=[0.0] * 13, image_std=[1.0] * 13,
+                             global_image_size=16, local_image_size=8)
+    transform = MultiCropBatchTransform(DecodeResizeTransform(config), "image")
+    output = transform({"image": [tiff_bytes(tile(0)), tiff_bytes(tile(1, bands=4))]})
+    assert output["images"][0].shape[0] == 13 and output["images"][1] is None
+    assert transform.counter.skipped == 1 and transform.counter.reasons == {"channels": 1}
+
+
+# ------------------------------------------------------------------------------------------------ model, processor
+@pytest.mark.parametrize(
+    "backbone_config",
+    [
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=8,
+                  image_size=32),
+        Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=8,
+                     image_size=32),
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+        ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, layer_type="basic"),
+        TimmWrapperConfig(architecture="resnet10t", do_pooling=True),
+    ],
+    ids=["vit", "dinov2", "convnext", "resnet", "timm"],
+)
+def test_every_backbone_family_is_built_with_the_datas_channels(backbone_config):
+    config = LeJepaConfig(backbone_config=backbone_config, global_image_size=32, local_image_size=16)
+    set_backbone_num_channels(config.backbone_config, 13)
+    config = LeJepaConfig.from_dict(config.to_dict())  # the setting survives serialisation
+    assert config.num_channels == 13
+    model = LeJepaModel(config).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 13, 32, 32)).pooler_output.shape[0] == 2
+        with pytest.raises((ValueError, RuntimeError)):  # a 3-channel input no longer fits
+            model(torch.randn(2, 3, 32, 32))
+
+
+def test_build_pretraining_config_sets_the_channels_and_checks_a_checkpoints(tmp_path):
+    config = build_pretraining_config(model_preset="vit-tiny-test", num_channels=4)
+    assert config.num_channels == 4 and config.backbone_config.num_channels == 4
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="takes 4-channel images, but the data has 13"):
+        build_pretraining_config(model_name_or_path=str(tmp_path), num_channels=13)
+
+
+def test_the_image_processor_reloads_without_this_project_and_prepares_13_bands(tmp_path):
+    arrays = [tile(seed, size=32) for seed in range(3)]
+    image_format = inspect_images(arrays)
+    image_format.image_processor(32).save_pretrained(tmp_path)
+    np.save(tmp_path / "tile.npy", arrays[0])
+    result = run_without_package(
+        "import numpy as np, json\n"
+        "from transformers import AutoImageProcessor\n"
+        "processor = AutoImageProcessor.from_pretrained('.')\n"
+        "tile = np.load('tile.npy')\n"
+        "last = processor(images=tile, input_data_format='channels_last', return_tensors='pt')['pixel_values']\n"
+        "first = processor(images=np.moveaxis(tile, -1, 0), input_data_format='channels_first',\n"
+        "                  return_tensors='pt')['pixel_values']\n"
+        "assert (last == first).all()\n"
+        "np.save('prepared.npy', last.numpy())\n",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0
+    prepared = np.load(tmp_path / "prepared.npy")
+    mean, std = np.array(image_format.image_mean), np.array(image_format.image_std)
+    expected = (np.moveaxis(arrays[0], -1, 0) / 65535 - mean[:, None, None]) / std[:, None, None]
+    assert prepared.shape == (1, 13, 32, 32)
+    np.testing.assert_allclose(prepared[0], expected, rtol=1e-4, atol=1e-4)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["do_convert_rgb"] is False and len(saved["image_mean"]) == 13
