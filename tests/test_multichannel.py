@@ -22,7 +22,12 @@ from trainer.data import DecodeResizeTransform, MultiCropCollator, MultiCropConf
 from trainer.data.arrays import ImageFormat, channels_first, inspect_images, read_image_array
 from trainer.data.collator import MultiCropBatchTransform
 from trainer.data.device_views import DeviceMultiCrop, channel_jitter, view_generator
-from trainer.data.sources import detect_image_column, inspect_dataset_images, prepare_pretraining_dataset
+from trainer.data.sources import (
+    detect_image_column,
+    inspect_dataset_images,
+    load_pretraining_dataset,
+    prepare_pretraining_dataset,
+)
 from trainer.recipes import build_pretraining_config
 
 
@@ -296,3 +301,19 @@ def test_the_image_processor_reloads_without_this_project_and_prepares_13_bands(
     np.testing.assert_allclose(prepared[0], expected, rtol=1e-4, atol=1e-4)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["do_convert_rgb"] is False and len(saved["image_mean"]) == 13
+
+
+def test_a_folder_of_npy_arrays_is_a_dataset_of_float_images(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(0, 1, (5, 12, 12)).astype(np.float32) for _ in range(3)]  # (C, H, W), negative values
+    for index, array in enumerate(arrays):
+        np.save(tmp_path / f"array{index}.npy", array)
+    dataset, column, label = load_pretraining_dataset(train_dir=str(tmp_path))
+    assert (len(dataset), column, label) == (3, "image", None)
+    image_format = inspect_dataset_images(dataset, column)
+    assert (image_format.num_channels, image_format.rescale_factor) == (5, 1.0)
+    np.testing.assert_allclose(image_format.image_mean, np.stack(arrays).astype(np.float64).mean(axis=(0, 2, 3)),
+                               rtol=1e-6)
+    prepared = prepare_pretraining_dataset(dataset, DecodeResizeTransform(float_views(image_format, 12)), column)
+    torch.testing.assert_close(prepared[1]["images"], torch.from_numpy(arrays[1]))
+    assert load_pretraining_dataset(train_dir=str(tmp_path), streaming=True)[0].num_shards == 3

@@ -167,7 +167,8 @@ def load_pretraining_dataset(
     Sources, in order of precedence:
     - `dataset_name`: a Hub id or a local path, through `datasets.load_dataset(dataset_name, dataset_config_name,
       data_files=data_files)`;
-    - `train_dir`: a folder of images (optionally in one sub-folder per class), through the `imagefolder` builder;
+    - `train_dir`: a folder of images (optionally in one sub-folder per class), through the `imagefolder` builder,
+      or a folder of `.npy` arrays (one image each, no labels);
     - `data_files`: files or glob patterns, read with the builder that `datasets` infers from their extensions:
       `parquet` for `.parquet` files, `webdataset` for `.tar` shards, `imagefolder` for image files.
 
@@ -191,7 +192,11 @@ def load_pretraining_dataset(
     elif train_dir is not None:
         if not os.path.isdir(train_dir):
             raise ValueError(f"`--train_dir` {train_dir!r} is not a directory.")
-        dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, data_files=data_files, **common)
+        arrays = sorted(str(path) for path in Path(train_dir).rglob("*.npy"))
+        if arrays and data_files is None:  # a folder of numpy arrays, which `imagefolder` does not read
+            dataset = _array_file_dataset(arrays, streaming)
+        else:
+            dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, data_files=data_files, **common)
     elif data_files is not None:
         builder, builder_kwargs = _builder_for_data_files(data_files)
         dataset = datasets.load_dataset(builder, data_files=data_files, **builder_kwargs, **common)
@@ -213,6 +218,14 @@ def load_pretraining_dataset(
         f"{image_column_name!r}, labels in {label_column_name!r}."
     )
     return dataset, image_column_name, label_column_name
+
+
+def _array_file_dataset(paths: list[str], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    """A dataset of `.npy` files, one image each, as undecoded paths in an `image` column (read by
+    `read_image_array`); streamed with one shard per file."""
+    features = datasets.Features({"image": datasets.Image(decode=False)})
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": path} for path in paths]}, features)
+    return dataset.to_iterable_dataset(num_shards=len(paths)) if streaming else dataset
 
 
 def check_num_shards(
