@@ -358,12 +358,6 @@ def prepare_eval_dataset(
 ) -> datasets.Dataset | None:
     """The validation set with fixed views of each image (made by the workers, seeded by its index, on every path),
     or `None`; `--do_eval` without validation data is an error."""
-    if data.validation is not None and views.pixel_format != "rgb":
-        raise ValueError(
-            "The validation loss uses fixed views made by the DataLoader workers, which take 8-bit RGB images only: "
-            "it is not available for images read with their values and channels. Leave out `--do_eval`, "
-            "`--validation_split`, `--validation_dir` and `--train_val_split`."
-        )
     if data.validation is not None:
         return prepare_validation_dataset(
             data.validation, MultiCropTransform(views), data.validation_image_column,
@@ -505,15 +499,12 @@ def main() -> None:
         image_processor = load_image_processor(model_args.image_processor_name, config.global_image_size)
 
     # 6. The multi-crop views: in the DataLoader workers, or on the device with --augment_on_device (the default on
-    #    accelerators, on a CPU for global views of at most 96 px, and for images that are not 8-bit RGB)
+    #    accelerators and, on a CPU, for global views of at most 96 px)
     views = MultiCropConfig.from_lejepa_config(
         config, image_processor=image_processor, **(recipe.transform if recipe is not None else {}),
         **({"pixel_format": "float", "rescale_factor": image_format.rescale_factor} if is_float else {}),
     )
-    augment_on_device = resolve_augment_on_device(
-        training_args, value=True if is_float and "augment_on_device" not in given else None,
-        global_image_size=config.global_image_size,
-    )
+    augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
     train_dataset, num_labels = prepare_training_data(
         data, views, augment_on_device, data_args, training_args.decode_on_device
     )

@@ -21,13 +21,14 @@ from modeling_lejepa.configuration_lejepa import set_backbone_num_channels
 from trainer.data import DecodeResizeTransform, MultiCropCollator, MultiCropConfig, MultiCropTransform
 from trainer.data.arrays import ImageFormat, channels_first, inspect_images, read_image_array
 from trainer.data.collator import MultiCropBatchTransform
-from trainer.data.device_views import DeviceMultiCrop, channel_jitter, view_generator
+from trainer.data.device_views import DeviceMultiCrop, view_generator
 from trainer.data.sources import (
     detect_image_column,
     inspect_dataset_images,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
 )
+from trainer.data.views import channel_jitter
 from trainer.recipes import build_pretraining_config
 
 
@@ -193,17 +194,41 @@ def test_ct_values_stay_negative_and_unclipped():
     assert views.min() == pytest.approx(expected.min(), rel=1e-5) and expected.min() < -1
 
 
-def test_flip_and_blur_on_13_channels_match_torchvision():
+def worker_views(config: MultiCropConfig, arrays: list[np.ndarray], seed: int = 0) -> torch.Tensor:
+    """The views the DataLoader workers make (MultiCropTransform), stacked by the collator."""
+    torch.manual_seed(seed)
+    transform = MultiCropTransform(config)
+    return MultiCropCollator()([transform(array) for array in arrays])["pixel_values"]
+
+
+@pytest.mark.parametrize("make_views", [device_views, worker_views], ids=["device", "workers"])
+def test_flip_and_blur_on_13_channels_match_torchvision(make_views):
     array = tile(3, size=20)
     image_format = inspect_images([array])
-    config = float_views(image_format, 20, horizontal_flip_prob=1.0, global_blur_prob=1.0, blur_kernel_size=5)
-    views = device_views(config, [read_image_array(array)], seed=7)
-    sigma = float(DeviceMultiCrop(config).sample_parameters(1, view_generator(7, 0))["pixel_values"].blur_sigma[0])
+    config = float_views(image_format, 20, horizontal_flip_prob=1.0, global_blur_prob=1.0, blur_kernel_size=5,
+                         blur_sigma=(1.3, 1.3))
+    views = make_views(config, [read_image_array(array)])
     pixels = torch.from_numpy(np.moveaxis(array, -1, 0).astype(np.float32) / 65535)
-    expected = tv_functional.gaussian_blur(tv_functional.horizontal_flip(pixels), [5, 5], [sigma, sigma])
+    expected = tv_functional.gaussian_blur(tv_functional.horizontal_flip(pixels), [5, 5], [1.3, 1.3])
     mean = torch.tensor(image_format.image_mean).view(13, 1, 1)
     std = torch.tensor(image_format.image_std).view(13, 1, 1)
     torch.testing.assert_close(views[0, 0], (expected - mean) / std, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("make_views", [device_views, worker_views], ids=["device", "workers"])
+def test_each_channel_draws_its_own_brightness_and_contrast(make_views):
+    array = tile(4, size=20)
+    image_format = inspect_images([array])
+    views = make_views(float_views(image_format, 20, channel_jitter_prob=1.0), [read_image_array(array)])
+    mean = torch.tensor(image_format.image_mean, dtype=torch.float64).view(13, 1, 1)
+    std = torch.tensor(image_format.image_std, dtype=torch.float64).view(13, 1, 1)
+    raw = views[0, 0].double() * std + mean  # the jittered values, before normalisation
+    pixels = torch.from_numpy(np.moveaxis(array, -1, 0).astype(np.float64) / 65535)
+    brightness = raw.mean(dim=(1, 2)) / pixels.mean(dim=(1, 2))  # b: the channel mean is scaled by it
+    contrast = raw.std(dim=(1, 2)) / pixels.std(dim=(1, 2))  # k: the deviations are scaled by it
+    for factors in (brightness, contrast):
+        assert factors.min() >= 0.8 - 1e-5 and factors.max() <= 1.2 + 1e-5
+        assert factors.std() > 0.02  # one draw per channel, not one per view
 
 
 def test_channel_jitter_matches_its_definition_and_colour_operations_stay_off():
@@ -225,12 +250,6 @@ def test_channel_jitter_matches_its_definition_and_colour_operations_stay_off():
         assert p.channel_factors.min() >= 0.8 and p.channel_factors.max() <= 1.2
     rgb = DeviceMultiCrop(MultiCropConfig()).sample_parameters(4, view_generator(0, 0))["pixel_values"]
     assert rgb.channel_jitter is None and rgb.channel_factors is None
-
-
-def test_the_worker_path_refuses_n_channel_data_naming_augment_on_device():
-    config = MultiCropConfig(pixel_format="float", image_mean=[0.0] * 13, image_std=[1.0] * 13)
-    with pytest.raises(ValueError, match="--augment_on_device"):
-        MultiCropTransform(config)
 
 
 def test_a_bad_band_count_in_training_is_skipped_and_counted():

@@ -1,7 +1,7 @@
-"""13-band uint16 tiles end to end, as a satellite user runs them: a folder of TIFFs and a streamed parquet of the
-same tiles as arrays train on 2 CPU processes (`accelerate launch`), the folder's run resumes, and its backbone,
-exported, embeds a tile with `AutoModel` and `AutoImageProcessor` in a fresh process that cannot import this
-project."""
+"""13-band uint16 tiles end to end, as a satellite user runs them: a folder of TIFFs (views on the device, with a
+validation loss) and a streamed parquet of the same tiles as arrays (views in the workers) train on 2 CPU processes
+(`accelerate launch`), the folder's run resumes, and its backbone, exported, embeds a tile with `AutoModel` and
+`AutoImageProcessor` in a fresh process that cannot import this project."""
 
 import json
 
@@ -56,12 +56,15 @@ def test_13_band_tiles_train_on_2_processes_resume_export_and_embed_anywhere(tmp
 
     # The folder: 2 steps, then the same command to 4 steps resumes from checkpoint-2
     output_dir = tmp_path / "folder-run"
-    run(tmp_path, pretraining(output_dir, "--train_dir", str(folder)))
-    resumed = run(tmp_path, pretraining(output_dir, "--train_dir", str(folder), max_steps=4))
+    folder_args = ["--train_dir", str(folder), "--validation_dir", str(folder), "--max_eval_samples", "4", "--do_eval"]
+    run(tmp_path, pretraining(output_dir, *folder_args))
+    resumed = run(tmp_path, pretraining(output_dir, *folder_args, max_steps=4))
+    assert "Views made on the device" in resumed
     assert "Resuming from" in resumed and "checkpoint-2" in resumed
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert all(np.isfinite(entry["loss"]) for entry in state["log_history"] if "loss" in entry)
+    assert np.isfinite(json.loads((output_dir / "eval_results.json").read_text())["eval_loss"])
     config = json.loads((output_dir / "config.json").read_text())
     assert config["backbone_config"]["num_channels"] == BANDS
     processor = json.loads((output_dir / "preprocessor_config.json").read_text())
@@ -71,10 +74,11 @@ def test_13_band_tiles_train_on_2_processes_resume_export_and_embed_anywhere(tmp
     card = (output_dir / "README.md").read_text()
     assert f"images of {BANDS} channel(s)" in card and "tifffile.imread" in card
 
-    # The same tiles as arrays in a streamed parquet: the same channels and statistics
+    # The same tiles as arrays in a streamed parquet, views made by the DataLoader workers: the same statistics
     stream_dir = tmp_path / "stream-run"
-    run(tmp_path, pretraining(stream_dir, "--data_files", *(str(p) for p in sorted(tmp_path.glob("*.parquet"))),
-                              "--streaming"))
+    streamed = run(tmp_path, pretraining(stream_dir, "--data_files", *map(str, sorted(tmp_path.glob("*.parquet"))),
+                                         "--streaming", "--augment_on_device", "false"))
+    assert "Views made in the DataLoader workers" in streamed
     stream_processor = json.loads((stream_dir / "preprocessor_config.json").read_text())
     np.testing.assert_allclose(stream_processor["image_mean"], processor["image_mean"], rtol=1e-9)
     assert json.loads((stream_dir / "config.json").read_text())["backbone_config"]["num_channels"] == BANDS

@@ -45,7 +45,7 @@ from torchvision.ops import roi_align
 from transformers.utils import logging
 
 from .collator import fill_canvas_slot
-from .views import DecodeResizeTransform, MultiCropConfig, _per_view
+from .views import DecodeResizeTransform, MultiCropConfig, _per_view, channel_jitter
 
 logger = logging.get_logger(__name__)
 
@@ -368,20 +368,6 @@ class DeviceMultiCrop:
         return self.render(images, image_sizes, self.sample_parameters(images.shape[0], generator))
 
 
-def channel_jitter(views: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """
-    The per-channel brightness and contrast jitter of data that is not RGB (`MultiCropConfig.channel_jitter_prob`):
-    channel `c` of each view becomes `(x_c - m_c) * k_c + m_c * b_c`, `m_c` its mean over the view, unclipped.
-
-    Args:
-        views (`torch.Tensor` of shape `(n, C, H, W)`).
-        factors (`torch.Tensor` of shape `(n, C, 2)`): contrast `k` and brightness `b` factors.
-    """
-    mean = views.mean(dim=(-2, -1), keepdim=True)  # (n, C, 1, 1)
-    contrast, brightness = factors[..., 0, None, None], factors[..., 1, None, None]
-    return (views - mean) * contrast + mean * brightness
-
-
 def decode_jpegs(encoded: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor | None]:
     """
     Decodes the JPEG bytes of a batch (`read_jpeg_for_device`) to RGB `uint8` images `(3, h, w)` on `device`, with
@@ -449,6 +435,4 @@ def append_device_decoded(
     return canvas, sizes, failed
 
 
-__all__ = [
-    "DeviceMultiCrop", "ViewParameters", "append_device_decoded", "channel_jitter", "decode_jpegs", "view_generator",
-]
+__all__ = ["DeviceMultiCrop", "ViewParameters", "append_device_decoded", "decode_jpegs", "view_generator"]

@@ -396,7 +396,7 @@ def prepare_validation_dataset(
     dataset = _undecoded_image_column(dataset, image_column_name)
     batch_transform = MultiCropBatchTransform(
         transform, image_column_name, label_column_name=label_column_name, counter=counter,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=max_image_pixels, array_dtype=array_dtype(dataset.features, image_column_name),
     )
     return dataset.with_transform(FixedViewBatchTransform(batch_transform))
 

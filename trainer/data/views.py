@@ -32,6 +32,37 @@ _INTERPOLATIONS = {
 }
 
 
+def channel_jitter(views: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """
+    The per-channel brightness and contrast jitter of data that is not RGB (`MultiCropConfig.channel_jitter_prob`):
+    channel `c` of each view becomes `(x_c - m_c) * k_c + m_c * b_c`, `m_c` its mean over the view, unclipped.
+
+    Args:
+        views (`torch.Tensor` of shape `(n, C, H, W)`).
+        factors (`torch.Tensor` of shape `(n, C, 2)`): contrast `k` and brightness `b` factors.
+    """
+    mean = views.mean(dim=(-2, -1), keepdim=True)  # (n, C, 1, 1)
+    contrast, brightness = factors[..., 0, None, None], factors[..., 1, None, None]
+    return (views - mean) * contrast + mean * brightness
+
+
+class _RandomChannelJitter(v2.Transform):
+    """`channel_jitter` on one float view `(C, H, W)`, its factors drawn from torch's generator (as every
+    `transforms.v2` transform draws)."""
+
+    def __init__(self, contrast: float, brightness: float):
+        super().__init__()
+        self.strengths = (contrast, brightness)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        channels = flat_inputs[0].shape[-3]
+        factors = torch.stack([torch.empty(channels).uniform_(1 - s, 1 + s) for s in self.strengths], dim=1)
+        return {"factors": factors}  # (C, 2)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return channel_jitter(inpt[None], params["factors"][None])[0]
+
+
 def _per_view(probability: float | Sequence[float], index: int) -> float:
     if isinstance(probability, (int, float)):
         return float(probability)
@@ -83,9 +114,8 @@ class MultiCropConfig:
         background_color (`tuple[int, int, int]`, defaults to white): colour behind transparent pixels.
         pixel_format (`str`, defaults to `"rgb"`): `"rgb"` for 8-bit images turned into RGB, with every augmentation
             above; `"float"` for images read with their values and channels (`trainer.data.arrays`: 16-bit, CT,
-            multi-band), whose views are made on the device only (`DeviceMultiCrop`) with the crops, flip and blur
-            above and, instead of the colour jitter, grayscale and solarization (meaningless beyond RGB), the
-            per-channel jitter below.
+            multi-band), whose views get the crops, flip and blur above and, instead of the colour jitter, grayscale
+            and solarization (meaningless beyond RGB), the per-channel jitter below.
         rescale_factor (`float`, defaults to 1.0): `"float"` only: what the raw values are multiplied by (the image
             processor's `rescale_factor`; `1 / 65535` for `uint16`).
         channel_jitter_prob (`float`, defaults to 0.8): `"float"` only: probability that a view gets the per-channel
@@ -272,9 +302,10 @@ class MultiCropTransform:
     normalisation.
 
     Any input is first converted with `to_rgb_image` (every PIL mode, numpy arrays, tensors; tiny images are
-    upsampled by the crop). The augmentations run on `uint8` tensors with `torchvision.transforms.v2`; the last
-    step, `ToDtype(float32, scale=True)` followed by `Normalize(image_mean, image_std)`, is fused: each view is
-    written once into the output tensor and all views are normalised in place together.
+    upsampled by the crop). The augmentations run on `uint8` tensors with `torchvision.transforms.v2` (for
+    `pixel_format="float"`, on the rescaled `float32` values of any channel count: crops, flip, the per-channel jitter
+    and blur); the last step, `ToDtype(float32, scale=True)` followed by `Normalize(image_mean, image_std)`, is
+    fused: each view is written once into the output tensor and all views are normalised in place together.
 
     Args:
         config (`MultiCropConfig`, *optional*): the settings; `MultiCropConfig()` (the LeJEPA recipe) by default.
@@ -297,12 +328,6 @@ class MultiCropTransform:
     def __init__(self, config: MultiCropConfig | None = None, **kwargs):
         self.config = MultiCropConfig.given(config, kwargs)
         c = self.config
-        if c.pixel_format != "rgb":
-            raise ValueError(
-                "The DataLoader workers make views of 8-bit RGB images only, and these images are not "
-                f"({c.num_channels} channel(s) read with their values): make the views on the device with "
-                "`--augment_on_device` (`DeviceMultiCrop`), which handles any number of channels."
-            )
         self.global_views = [
             self._view_pipeline(c.global_image_size, c.global_crop_scale, _per_view(c.global_blur_prob, index),
                                 _per_view(c.global_solarize_prob, index))
@@ -311,9 +336,10 @@ class MultiCropTransform:
         self.local_view = self._view_pipeline(
             c.local_image_size, c.local_crop_scale, c.local_blur_prob, c.local_solarize_prob
         )
-        # (x / 255 - mean) / std == (x - 255 * mean) / (255 * std)
-        self._shift = torch.tensor(c.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(c.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        # 8-bit RGB: (x / 255 - mean) / std == (x - 255 * mean) / (255 * std); float data is already rescaled
+        unit = 255.0 if c.pixel_format == "rgb" else 1.0
+        self._shift = torch.tensor(c.image_mean, dtype=torch.float32).view(1, -1, 1, 1) * unit
+        self._scale = 1.0 / (torch.tensor(c.image_std, dtype=torch.float32).view(1, -1, 1, 1) * unit)
 
     @classmethod
     def from_lejepa_config(cls, config: Any, image_processor: Any = None, **overrides) -> MultiCropTransform:
@@ -331,21 +357,25 @@ class MultiCropTransform:
         ]
         if c.horizontal_flip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(c.horizontal_flip_prob))
-        if c.color_jitter_prob > 0 and any((c.brightness, c.contrast, c.saturation, c.hue)):
+        rgb = c.pixel_format == "rgb"
+        if rgb and c.color_jitter_prob > 0 and any((c.brightness, c.contrast, c.saturation, c.hue)):
             jitter = v2.ColorJitter(c.brightness, c.contrast, c.saturation, c.hue)
             steps.append(v2.RandomApply([jitter], p=c.color_jitter_prob))
-        if c.grayscale_prob > 0:
+        if not rgb and c.channel_jitter_prob > 0 and (c.channel_contrast or c.channel_brightness):
+            jitter = _RandomChannelJitter(c.channel_contrast, c.channel_brightness)
+            steps.append(v2.RandomApply([jitter], p=c.channel_jitter_prob))
+        if rgb and c.grayscale_prob > 0:
             steps.append(v2.RandomGrayscale(c.grayscale_prob))
         if blur_prob > 0:
             kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
             kernel_size = min(kernel_size, 2 * size - 1)  # reflect padding needs the half kernel inside the view
             steps.append(v2.RandomApply([_SeparableGaussianBlur(kernel_size, c.blur_sigma)], p=blur_prob))
-        if solarize_prob > 0:
+        if rgb and solarize_prob > 0:
             steps.append(v2.RandomSolarize(threshold=c.solarize_threshold, p=solarize_prob))
         return v2.Compose(steps)
 
     def _render(self, image: torch.Tensor, pipelines: Sequence[v2.Compose], size: int) -> torch.Tensor:
-        views = torch.empty((len(pipelines), 3, size, size), dtype=torch.float32)
+        views = torch.empty((len(pipelines), image.shape[-3], size, size), dtype=torch.float32)
         for index, pipeline in enumerate(pipelines):
             views[index].copy_(pipeline(image))
         return views.sub_(self._shift).mul_(self._scale)
@@ -353,14 +383,18 @@ class MultiCropTransform:
     def __call__(self, image: PIL.Image.Image | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Args:
-            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): one image, in any mode (see `to_rgb_image`).
+            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): one image, in any mode (see `to_rgb_image`);
+                for `pixel_format="float"`, a `(C, H, W)` array of raw values (`read_image_array`).
 
         Returns:
-            `dict[str, torch.Tensor]`: `"pixel_values"` of shape `(Vg, 3, H, W)` and, when `Vl > 0`,
-            `"local_pixel_values"` of shape `(Vl, 3, h, w)`, both `float32` and normalised.
+            `dict[str, torch.Tensor]`: `"pixel_values"` of shape `(Vg, C, H, W)` and, when `Vl > 0`,
+            `"local_pixel_values"` of shape `(Vl, C, h, w)`, both `float32` and normalised.
         """
         c = self.config
-        pixels = tv_functional.pil_to_tensor(to_rgb_image(image, c.background_color))
+        if c.pixel_format == "float":  # (C, H, W) values from `read_image_array`, rescaled
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mul_(c.rescale_factor)
+        else:
+            pixels = tv_functional.pil_to_tensor(to_rgb_image(image, c.background_color))
         output = {"pixel_values": self._render(pixels, self.global_views, c.global_image_size)}
         if c.num_local_views > 0:
             output["local_pixel_values"] = self._render(
