@@ -10,8 +10,8 @@ as a DataLoader worker runs: CPU seconds (`time.process_time`) per image, median
 reported: the bytes per image handed to the device (a `float32` canvas of 13 bands against `uint8` RGB), and the CPU
 cost of `DeviceMultiCrop` per image on this CPU (2 x 224 + 6 x 96 views; on a GPU it is the GPU's work).
 
-For reference, 8-bit RGB tiles also go through the workers' views (`MultiCropTransform`, the CPU path), which the
-13-band tiles cannot take (it refuses them, naming `--augment_on_device`).
+For reference, both also go through the workers' views (`MultiCropTransform`, the CPU path: every view made in the
+worker; for the tiles, crops, flip, blur and the per-channel jitter on 13 bands).
 
 Usage:
 
@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
             views = MultiCropConfig(**settings)
             paths[f"{name}, device path (DecodeResizeTransform)"] = (
                 prepare_pretraining_dataset(dataset, DecodeResizeTransform(views), column), views)
-            if image_format.pixel_format == "rgb":
-                paths[f"{name}, CPU path (MultiCropTransform)"] = (
-                    prepare_pretraining_dataset(dataset, MultiCropTransform(views), column), views)
+            paths[f"{name}, CPU path (MultiCropTransform)"] = (
+                prepare_pretraining_dataset(dataset, MultiCropTransform(views), column), views)
         collator = MultiCropCollator()
         timings: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.repeats):  # interleaved

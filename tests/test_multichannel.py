@@ -117,8 +117,13 @@ def test_eight_bit_images_keep_the_rgb_path(tmp_path):
     PIL.Image.new("RGB", (20, 10), (10, 200, 30)).save(buffer, format="JPEG")
     gray = io.BytesIO()
     PIL.Image.new("L", (20, 10), 100).save(gray, format="PNG")
-    values = [buffer.getvalue(), gray.getvalue(), np.zeros((10, 20, 3), dtype=np.uint8)]
+    rgb_tiff = tiff_bytes(np.zeros((10, 20, 3), dtype=np.uint8))
+    values = [buffer.getvalue(), gray.getvalue(), rgb_tiff, np.zeros((10, 20, 3), dtype=np.uint8)]
     assert inspect_images(values).pixel_format == "rgb"
+    four_bands = tiff_bytes(np.zeros((10, 20, 4), dtype=np.uint8))  # Pillow would read it as RGBA
+    assert inspect_images([four_bands]).num_channels == 4
+    column = np.zeros((10, 20, 3), dtype=np.uint8).tolist()  # a `datasets` array column keeps its values
+    assert inspect_images([column], dtype="uint8").pixel_format == "float"
     one_channel = inspect_images([gray.getvalue()], num_channels=1)  # asked for: values kept, one channel
     assert (one_channel.pixel_format, one_channel.num_channels, one_channel.rescale_factor) == ("float", 1, 1 / 255)
 

@@ -5,9 +5,9 @@ sample of them before training (`inspect_images`).
 
 A run is in one of two pixel formats, decided once from that sample:
 
-- `"rgb"`: every sampled image is 8-bit (JPEG, 8-bit PNG, ..., `uint8` arrays of 1 or 3 channels). The images are
-  turned into 8-bit RGB (`to_rgb_image`), get the colour augmentations and ImageNet's normalisation: the default
-  path, unchanged.
+- `"rgb"`: every sampled image is 8-bit with 1 or 3 channels (JPEG, 8-bit PNG and TIFF, ..., `uint8` numpy arrays).
+  The images are turned into 8-bit RGB (`to_rgb_image`), get the colour augmentations and ImageNet's normalisation:
+  the default path, unchanged.
 - `"float"`: anything else. Each image is read by `read_image_array` to `(C, H, W)` in its own dtype (TIFFs with
   `tifffile`, which reads multi-band tiles whole; other files with PIL, `.npy` files with `numpy`), then multiplied
   by the run's `rescale_factor`: integers divided by their dtype's maximum (65535 for `uint16`, 32767 for `int16`,
@@ -222,20 +222,24 @@ def read_image_array(
     return array
 
 
-def _is_rgb8(value: Any, dtype: str | None) -> bool:
-    """Whether an image value takes the 8-bit RGB path: an 8-bit file that PIL reads (not TIFF or `.npy`), or a
-    `uint8` array of 1 or 3 channels."""
-    if isinstance(value, (np.ndarray, torch.Tensor, list, tuple)):
-        array = value if not isinstance(value, (list, tuple)) else np.asarray(value, dtype=dtype)
-        shape = tuple(array.shape)
-        eight_bit = array.dtype in (np.uint8, torch.uint8)
+def _is_rgb8(value: Any) -> bool:
+    """Whether an image value takes the 8-bit RGB path: an 8-bit file of 1 or 3 channels (a TIFF checked with
+    `tifffile`, as Pillow misreads multi-band ones), or a `uint8` numpy array or tensor of 1 or 3 channels. Arrays
+    of a `datasets` column (nested lists) and `.npy` files always keep their values."""
+    if isinstance(value, (list, tuple)):
+        return False
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        shape = tuple(value.shape)
+        eight_bit = value.dtype in (np.uint8, torch.uint8)
         return eight_bit and (len(shape) == 2 or (len(shape) == 3 and 3 in (shape[0], shape[-1])))
     if isinstance(value, PIL.Image.Image):
         return not (value.mode in _HIGH_BIT_DEPTH_MODES or value.mode.startswith("I;"))
     data, path = _encoded_source(value)
     data = _encoded_bytes(data, path, f" ({path})" if path else "")
-    if data.startswith(NPY_MAGIC) or data[:4] in TIFF_MAGIC:
+    if data.startswith(NPY_MAGIC):
         return False
+    if data[:4] in TIFF_MAGIC:
+        return _is_rgb8(_read_tiff(data, f" ({path})" if path else ""))
     try:
         mode = PIL.Image.open(io.BytesIO(data)).mode
     except Exception:
@@ -276,10 +280,10 @@ def inspect_images(
     if (image_mean is None) != (image_std is None):
         raise ValueError("Give both `--image_mean` and `--image_std`, or neither (both are then estimated).")
     values = list(values)
-    rgb = [_safe_is_rgb8(value, dtype) for value in values]
+    rgb = [_safe_is_rgb8(value) for value in values]
     if (num_channels is None or num_channels == 3) and all(rgb) and max_pixel_value is None and image_mean is None:
-        return ImageFormat("rgb", 3, "uint8", 1 / 255, num_images=len(values), first_image=_describe(values[0], 0)
-                           if values else "")
+        first = _describe(values[0], 0) if values else ""
+        return ImageFormat("rgb", 3, "uint8", 1 / 255, num_images=len(values), first_image=first)
     reference: tuple[str, np.ndarray] | None = None
     sums = squares = None
     count = 0
@@ -331,9 +335,9 @@ def inspect_images(
     )
 
 
-def _safe_is_rgb8(value: Any, dtype: str | None) -> bool:
+def _safe_is_rgb8(value: Any) -> bool:
     try:
-        return _is_rgb8(value, dtype)
+        return _is_rgb8(value)
     except ImageDecodeError:
         return True  # a bad sample: it does not decide the format
 
