@@ -46,9 +46,11 @@ from trainer import (
     BadSampleCounter,
     DecodeResizeTransform,
     DeviceMultiCrop,
+    ImageFormat,
     MultiCropCollator,
     MultiCropConfig,
     MultiCropTransform,
+    inspect_dataset_images,
     load_builtin_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
@@ -59,8 +61,6 @@ from trainer import (
 )
 from trainer.arguments import LeJepaTrainingArguments
 from trainer.callbacks import get_last_complete_checkpoint
-from trainer.data.arrays import ImageFormat
-from trainer.data.sources import inspect_dataset_images
 from trainer.evaluation import default_image_processor, knn_metrics
 from trainer.recipes import (
     BUILTIN_RECIPES,
