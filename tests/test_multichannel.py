@@ -5,6 +5,7 @@ Every image is made in the test; the references are the arrays written, float64 
 
 import io
 import json
+import sys
 
 import datasets
 import numpy as np
@@ -14,9 +15,16 @@ import tifffile
 import torch
 from conftest import run_without_package
 from torchvision.transforms.v2 import functional as tv_functional
-from transformers import ConvNextConfig, Dinov2Config, ResNetConfig, TimmWrapperConfig, ViTConfig
+from transformers import (
+    AutoImageProcessor,
+    ConvNextConfig,
+    Dinov2Config,
+    ResNetConfig,
+    TimmWrapperConfig,
+    ViTConfig,
+)
 
-from modeling_lejepa import LeJepaConfig, LeJepaModel
+from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining, LeJepaModel
 from modeling_lejepa.configuration_lejepa import set_backbone_num_channels
 from trainer.data import DecodeResizeTransform, MultiCropCollator, MultiCropConfig, MultiCropTransform
 from trainer.data.arrays import ImageFormat, channels_first, inspect_images, read_image_array
@@ -29,6 +37,8 @@ from trainer.data.sources import (
     prepare_pretraining_dataset,
 )
 from trainer.data.views import channel_jitter
+from trainer.evaluation import extract_embeddings, raw_pixels_like
+from trainer.evaluation_command import evaluate_main
 from trainer.recipes import build_pretraining_config
 
 
@@ -341,3 +351,47 @@ def test_a_folder_of_npy_arrays_is_a_dataset_of_float_images(tmp_path):
     prepared = prepare_pretraining_dataset(dataset, DecodeResizeTransform(float_views(image_format, 12)), column)
     torch.testing.assert_close(prepared[1]["images"], torch.from_numpy(arrays[1]))
     assert load_pretraining_dataset(train_dir=str(tmp_path), streaming=True)[0].num_shards == 3
+
+
+def test_without_tifffile_rgb_tiffs_keep_working_and_multiband_ones_ask_for_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # `import tifffile` raises ImportError
+    rgb = tiff_bytes(np.zeros((10, 20, 3), dtype=np.uint8), photometric="rgb")
+    assert inspect_images([rgb]).pixel_format == "rgb"
+    with pytest.raises(ImportError, match=r"lejepa-hf\[tiff\]"):
+        inspect_images([tiff_bytes(tile(0))])
+
+
+def test_frozen_evaluation_of_a_13_band_model_and_its_raw_pixel_baseline(tmp_path):
+    folder = tmp_path / "data"
+    arrays = {}
+    for split, count in (("train", 6), ("test", 4)):
+        for label, level in (("dark", 0), ("bright", 20000)):
+            (folder / split / label).mkdir(parents=True)
+            for index in range(count):
+                array = tile(len(arrays), size=8) + np.uint16(level)
+                tifffile.imwrite(folder / split / label / f"{index}.tif", array)
+                arrays[(split, label, index)] = array
+    # 8 x 8 tiles of 13 bands: the channel axis is not the shorter one, so the layout needs `num_channels`
+    image_format = inspect_images([tiff_bytes(array) for array in arrays.values()], num_channels=13)
+    checkpoint = tmp_path / "checkpoint"
+    # 8 px: the raw-pixel baseline's effective rank diagonalises a (13 * 8 * 8)-square covariance
+    config = LeJepaConfig.from_preset("vit-tiny-test", global_image_size=8, local_image_size=8)
+    set_backbone_num_channels(config.backbone_config, 13)
+    LeJepaForPreTraining(config).save_pretrained(checkpoint)
+    image_format.image_processor(8).save_pretrained(checkpoint)
+
+    # the raw-pixel baseline's embedding is the processor's output: the rescaled, normalised 13 bands
+    test = datasets.load_dataset("imagefolder", data_dir=str(folder), split="test")
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    model = LeJepaModel.from_pretrained(checkpoint)
+    embeddings, labels = extract_embeddings(raw_pixels_like(model), test, processor)
+    mean, std = np.array(image_format.image_mean), np.array(image_format.image_std)
+    first = arrays[("test", test.features["label"].names[labels[0]], 0)]
+    expected = ((np.moveaxis(first, -1, 0) / 65535 - mean[:, None, None]) / std[:, None, None]).ravel()
+    np.testing.assert_allclose(embeddings[0], expected, rtol=1e-4, atol=1e-4)
+
+    results = evaluate_main(["--model_name_or_path", str(checkpoint), "--dataset_name", str(folder),
+                             "--raw_pixel_baseline", "--sigreg_num_slices", "16", "--output_dir", str(tmp_path)])
+    assert results["raw_pixel_baseline"]["knn_accuracy"] == 1.0  # the classes differ by 20000 in every band
+    assert results["raw_pixel_baseline"]["embedding_size"] == 13 * 8 * 8
+    assert 0 <= results["knn_accuracy"] <= 1

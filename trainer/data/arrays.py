@@ -239,12 +239,25 @@ def _is_rgb8(value: Any) -> bool:
     if data.startswith(NPY_MAGIC):
         return False
     if data[:4] in TIFF_MAGIC:
+        try:
+            import tifffile  # noqa: F401
+        except ImportError:  # a single-page 8-bit RGB or grayscale TIFF is Pillow's; anything else needs tifffile
+            if _pillow_reads_as_rgb8(data):
+                return True
         return _is_rgb8(_read_tiff(data, f" ({path})" if path else ""))
     try:
         mode = PIL.Image.open(io.BytesIO(data)).mode
     except Exception:
         return True  # unreadable: the RGB path skips and counts it
     return not (mode in _HIGH_BIT_DEPTH_MODES or mode.startswith("I;"))
+
+
+def _pillow_reads_as_rgb8(data: bytes) -> bool:
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        return image.mode in ("RGB", "L") and getattr(image, "n_frames", 1) == 1
+    except Exception:
+        return False
 
 
 def _describe(value: Any, index: int) -> str:
