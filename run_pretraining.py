@@ -46,9 +46,11 @@ from trainer import (
     BadSampleCounter,
     DecodeResizeTransform,
     DeviceMultiCrop,
+    ImageFormat,
     MultiCropCollator,
     MultiCropConfig,
     MultiCropTransform,
+    inspect_dataset_images,
     load_builtin_dataset,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
@@ -102,6 +104,10 @@ class ModelArguments:
         default=None,
         metadata={"help": "Backbone attention: 'sdpa' (default where supported), 'flash_attention_2', 'eager', ..."},
     )
+    num_channels: int | None = field(
+        default=None,
+        metadata={"help": "Input channels of the backbone; detected from the data when unset (3 for 8-bit images)."},
+    )
     channels_last: bool = field(
         default=False, metadata={"help": "Use the channels_last memory format (faster ConvNets on GPUs)."}
     )
@@ -124,6 +130,23 @@ class DataArguments:
     )
     streaming: bool = field(default=False, metadata={"help": "Stream the data (larger than disk); needs max_steps."})
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."})
+    max_pixel_value: float | None = field(
+        default=None,
+        metadata={"help": "Images that are not 8-bit: divide integer values by this (e.g. 4095 for 12-bit data) "
+                  "instead of their dtype's maximum."},
+    )
+    image_mean: list[float] | None = field(
+        default=None,
+        metadata={"help": "Images that are not 8-bit: per-channel mean of the rescaled values (else estimated)."},
+    )
+    image_std: list[float] | None = field(
+        default=None, metadata={"help": "Images that are not 8-bit: per-channel std (else estimated with the mean)."}
+    )
+    image_stats_samples: int = field(
+        default=256,
+        metadata={"help": "Images sampled before training to detect the format and channels and estimate the "
+                  "per-channel mean and std of images that are not 8-bit RGB."},
+    )
     max_bad_fraction: float = field(
         default=0.1, metadata={"help": "Stop when more than this fraction of images fail to decode (else skipped)."}
     )
@@ -270,6 +293,17 @@ def load_data(data_args: DataArguments, model_args: ModelArguments, seed: int, b
         data_args.max_eval_samples, seed=seed,
     )
     return data
+
+
+def inspect_data(data: PretrainingData, data_args: DataArguments, num_channels: int | None) -> ImageFormat:
+    """The pixel format of the training images, from a fixed sample of them (`inspect_dataset_images`): 8-bit RGB
+    (the built-in datasets always), or values and channels kept with their per-channel mean and std."""
+    if data.builtin is not None:
+        return ImageFormat("rgb", 3, "uint8", 1 / 255)
+    return inspect_dataset_images(
+        data.train, data.image_column, data_args.image_stats_samples, num_channels=num_channels,
+        max_pixel_value=data_args.max_pixel_value, image_mean=data_args.image_mean, image_std=data_args.image_std,
+    )
 
 
 def prepare_training_data(
@@ -440,21 +474,35 @@ def main() -> None:
     logger.info(f"Training arguments: {training_args}")
     set_seed(training_args.seed)
 
-    # 3. Configuration and model
+    # 3. Data: the training and validation splits, and the images' format from a fixed sample of them: 8-bit RGB, or
+    #    values and channels kept (16-bit, CT, multi-band), with their channels and per-channel mean and std
+    data = load_data(data_args, model_args, training_args.seed, builtin=recipe is not None)
+    image_format = inspect_data(data, data_args, model_args.num_channels)
+    is_float = image_format.pixel_format == "float"
+
+    # 4. Configuration and model, with the data's channels
     config = build_pretraining_config(
         model_args.model_name_or_path, model_args.config_name, model_args.model_preset, model_args.config_overrides,
-        model_args.attn_implementation, model_args.cache_dir, recipe,
+        model_args.attn_implementation, model_args.cache_dir, recipe, num_channels=image_format.num_channels,
     )
     model = load_model(config, model_args)
 
-    # 4. Image processor: its mean/std normalise the views; it is saved with the model for inference
-    image_processor = load_image_processor(model_args.image_processor_name, config.global_image_size)
+    # 5. Image processor: its rescaling and mean/std normalise the views; it is saved with the model for inference
+    if is_float and model_args.image_processor_name:
+        raise ValueError(
+            "These images are read with their values and channels, and normalised with their own per-channel mean "
+            "and std: give them with `--image_mean`/`--image_std` instead of `--image_processor_name`."
+        )
+    if is_float:
+        image_processor = image_format.image_processor(config.global_image_size)
+    else:
+        image_processor = load_image_processor(model_args.image_processor_name, config.global_image_size)
 
-    # 5. Data: the training and validation splits, the multi-crop views (in the DataLoader workers, or on the device
-    #    with --augment_on_device, the default on accelerators and, on a CPU, for global views of at most 96 px)
-    data = load_data(data_args, model_args, training_args.seed, builtin=recipe is not None)
+    # 6. The multi-crop views: in the DataLoader workers, or on the device with --augment_on_device (the default on
+    #    accelerators and, on a CPU, for global views of at most 96 px)
     views = MultiCropConfig.from_lejepa_config(
-        config, image_processor=image_processor, **(recipe.transform if recipe is not None else {})
+        config, image_processor=image_processor, **(recipe.transform if recipe is not None else {}),
+        **({"pixel_format": "float", "rescale_factor": image_format.rescale_factor} if is_float else {}),
     )
     augment_on_device = resolve_augment_on_device(training_args, global_image_size=config.global_image_size)
     train_dataset, num_labels = prepare_training_data(
@@ -462,7 +510,7 @@ def main() -> None:
     )
     configure_data_loading(training_args, data_args.streaming, given)
 
-    # 6. Validation: the loss on fixed views of each validation image, and with labelled data the k-NN accuracy of the
+    # 7. Validation: the loss on fixed views of each validation image, and with labelled data the k-NN accuracy of the
     #    frozen embeddings, computed as run_evaluation.py does
     eval_dataset = prepare_eval_dataset(data, views, data_args, training_args.do_eval)
     knn_splits = load_knn_splits(data, num_labels, data_args, model_args)
@@ -470,7 +518,7 @@ def main() -> None:
     if training_args.do_eval and knn_splits is not None:
         eval_embedding_metrics = knn_accuracy_metrics(knn_splits, image_processor, data_args.max_probe_samples)
 
-    # 7. Trainer
+    # 8. Trainer
     trainer = LeJepaTrainer(
         model=model,
         args=training_args,
@@ -484,11 +532,11 @@ def main() -> None:
         device_views=DeviceMultiCrop(views) if augment_on_device else None,
     )
 
-    # 8. Training, resuming from the last complete checkpoint of output_dir; the final model, metrics and state
+    # 9. Training, resuming from the last complete checkpoint of output_dir; the final model, metrics and state
     if training_args.do_train:
         train(trainer, training_args)
 
-    # 9. Validation loss (and k-NN accuracy) of the final model, or of --model_name_or_path alone: eval_results.json
+    # 10. Validation loss (and k-NN accuracy) of the final model, or of --model_name_or_path alone: eval_results.json
     if training_args.do_eval:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
@@ -497,7 +545,7 @@ def main() -> None:
         trainer.accelerator.end_training()
         return
 
-    # 10. Built-in data: k-NN and linear probe of the learned embeddings, of a random backbone and of the raw pixels
+    # 11. Built-in data: k-NN and linear probe of the learned embeddings, of a random backbone and of the raw pixels
     eval_results = None
     if recipe is not None and data_args.builtin_evaluation and trainer.is_world_process_zero():
         eval_results = evaluate_builtin_dataset(
@@ -506,14 +554,14 @@ def main() -> None:
         )
         print(format_builtin_evaluation(eval_results, config.global_image_size, len(data.builtin["test"])))
 
-    # 11. The model card (recipe, loss and validation curves, evaluation), then the Hub
+    # 12. The model card (recipe, loss and validation curves, evaluation), then the Hub
     base_model = hub_base_model(model_args.model_name_or_path)
     if trainer.is_world_process_zero():
         write_model_card(trainer, data_args.dataset_name, base_model, eval_results)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name, finetuned_from=base_model)
 
-    # 12. The process group is destroyed while the interpreter is whole: a gloo group left to the interpreter's exit
+    # 13. The process group is destroyed while the interpreter is whole: a gloo group left to the interpreter's exit
     #     can abort the process (SIGABRT) after a successful run, and NCCL warns of leaked resources
     trainer.accelerator.end_training()
 

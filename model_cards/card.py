@@ -356,10 +356,35 @@ def _write_card(
         datasets=list([dataset_names] if isinstance(dataset_names, str) else dataset_names or []),
         has_image_processor=(output_dir / "preprocessor_config.json").is_file(),
         citation=CITATION,
+        **_input_fields(output_dir),
         **fields,
     )
     _save(card, output_dir / "README.md")
     return card
+
+
+def _input_fields(output_dir: Path) -> dict[str, Any]:
+    """`keeps_values`, `num_channels` and `input_description` for images that are not 8-bit RGB: a checkpoint whose
+    image processor does not convert to RGB (`trainer.data.arrays.ImageFormat.image_processor`) states its channels
+    and normalisation."""
+    path = output_dir / "preprocessor_config.json"
+    processor = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if processor.get("do_convert_rgb") is not False or not processor.get("image_mean"):
+        return {"keeps_values": False, "num_channels": 3, "input_description": None}
+    mean, std = processor["image_mean"], processor["image_std"]
+    rescale = processor.get("rescale_factor", 1.0) if processor.get("do_rescale") else 1.0
+
+    def numbers(values: Sequence[float]) -> str:
+        return "[" + ", ".join(f"{value:.4g}" for value in values) + "]"
+
+    description = (
+        f"**Input:** images of {len(mean)} channel(s) read with their own values (not 8-bit RGB): the image "
+        f"processor multiplies the raw values by {rescale:.6g} (`rescale_factor`), resizes to the training "
+        f"resolution and normalises each channel with the mean {numbers(mean)} and the standard deviation "
+        f"{numbers(std)} of the training images. Give it arrays with `input_data_format` (`\"channels_last\"` for "
+        f"`(H, W, C)`, `\"channels_first\"` for `(C, H, W)`), in the same band order as in training."
+    )
+    return {"keeps_values": True, "num_channels": len(mean), "input_description": description}
 
 
 def _spectrum_plot(card_dir: Path, embeddings: np.ndarray | None) -> str | None:

@@ -99,6 +99,33 @@ def check_view_geometry(
             raise ValueError(f"`{name}` must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}.")
 
 
+def backbone_num_channels(backbone_config: Any) -> int:
+    """The input channels of a backbone configuration: its `num_channels` (ViT, DINOv2, ConvNeXt, ResNet, ...), or
+    for timm (`TimmWrapperConfig`) the `in_chans` of its `model_args` (3 when unset, timm's default)."""
+    if getattr(backbone_config, "model_type", None) == "timm_wrapper":
+        return int((backbone_config.model_args or {}).get("in_chans", 3))
+    return int(getattr(backbone_config, "num_channels", 3))
+
+
+def set_backbone_num_channels(backbone_config: Any, num_channels: int) -> None:
+    """Sets the input channels of a backbone configuration in place (`num_channels`, or timm's `in_chans`).
+
+    Raises:
+        `ValueError`: for fewer than 1 channel, or a backbone configuration with no channel setting.
+    """
+    if num_channels < 1:
+        raise ValueError(f"`num_channels` must be a positive integer, got {num_channels}.")
+    if getattr(backbone_config, "model_type", None) == "timm_wrapper":
+        backbone_config.model_args = {**(backbone_config.model_args or {}), "in_chans": int(num_channels)}
+    elif hasattr(backbone_config, "num_channels"):
+        backbone_config.num_channels = int(num_channels)
+    else:
+        raise ValueError(
+            f"The {type(backbone_config).__name__} has no `num_channels`: its input channels cannot be set to "
+            f"{num_channels}."
+        )
+
+
 @strict
 class LeJepaConfig(PreTrainedConfig):
     r"""
@@ -242,10 +269,22 @@ class LeJepaConfig(PreTrainedConfig):
         settings.update(kwargs)
         return cls(backbone_config=settings.pop("backbone_config", backbone_config), **settings)
 
+    @property
+    def num_channels(self) -> int:
+        """Input channels of the backbone (3 for RGB; 1 for grayscale, 13 for Sentinel-2, ...): `backbone_config`
+        holds it (see `backbone_num_channels`)."""
+        return backbone_num_channels(self.backbone_config)
+
     @staticmethod
     def available_presets() -> list[str]:
         """Names accepted by `from_preset`."""
         return list(PRESETS)
 
 
-__all__ = ["VIEW_GEOMETRY_FIELDS", "LeJepaConfig", "check_view_geometry"]
+__all__ = [
+    "VIEW_GEOMETRY_FIELDS",
+    "LeJepaConfig",
+    "backbone_num_channels",
+    "check_view_geometry",
+    "set_backbone_num_channels",
+]

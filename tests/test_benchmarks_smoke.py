@@ -113,3 +113,13 @@ def test_gpu_sh_end_to_end_dry_run(tmp_path):
     for mode in ("end-to-end", "end-to-end-decode"):  # the JPEGs decoded by the workers, then on the device
         assert f": {mode} " in result.stdout and "of the synthetic-input loop" in result.stdout, mode
     assert (tmp_path / "gpu_bench_end-to-end-quick.json").exists()
+
+
+def test_bench_multichannel_quick(capsys):
+    bench = load("bench_multichannel")
+    results = bench.main(["--quick"])
+    tiles = results["tiff13, device path (DecodeResizeTransform)"]
+    assert tiles["bytes_per_image"] == 13 * 64 * 64 * 4  # float32 values of 13 bands
+    assert results["jpeg, device path (DecodeResizeTransform)"]["bytes_per_image"] == 3 * 64 * 64  # uint8 RGB
+    assert all(row["cpu_ms_per_image"] > 0 for row in results.values())
+    assert "| images, path | worker CPU ms per image |" in capsys.readouterr().out

@@ -201,7 +201,7 @@ class RawPixelEmbedding(nn.Module):
     """
     The raw-pixel baseline of a frozen evaluation, as a model: the "embedding" of an image is its preprocessed
     `pixel_values` (resized to `image_size`, rescaled and normalised by the same image processor as the model's)
-    flattened to `3 * image_size**2` values. It has no parameters and goes through `extract_embeddings`,
+    flattened to `C * image_size**2` values. It has no parameters and goes through `extract_embeddings`,
     `compute_embedding_metrics` and `evaluate_embeddings` exactly as a model does, so its k-NN and linear-probe
     accuracies are those of the same protocol on the pixels the model sees.
 
@@ -263,7 +263,9 @@ def extract_embeddings(
             `transformers` vision model (see `embed`).
         dataset (`datasets.Dataset` or `datasets.IterableDataset`): rows with an image and a label column.
         image_processor (*optional*): turns a list of PIL images into `pixel_values`; defaults to
-            `default_image_processor` at the model's resolution.
+            `default_image_processor` at the model's resolution. One with `do_convert_rgb=False` (that of data that
+            is not 8-bit RGB, `ImageFormat.image_processor`) gets `(C, H, W)` arrays of the images' own values
+            (`read_image_array`).
         image_column_name (`str`, *optional*, defaults to `"image"`): column of the images.
         label_column_name (`str`, *optional*, defaults to `"label"`): column of the labels.
         batch_size (`int`, *optional*, defaults to 64): images per forward pass.
@@ -275,7 +277,11 @@ def extract_embeddings(
         `(embeddings, labels)`: float32 array `(N, D)` and the labels as an array `(N,)`. Images that fail to decode
         are skipped with a warning (with their labels).
     """
+    import datasets
+
     from .data import ImageDecodeError, decode_image, to_rgb_image
+    from .data.arrays import read_image_array
+    from .data.sources import array_dtype
 
     module = embedding_module(model)
     parameter = next(module.parameters(), None)  # None for `RawPixelEmbedding`
@@ -283,6 +289,12 @@ def extract_embeddings(
     device = torch.device(device or (parameter.device if parameter is not None else "cpu"))
     if image_processor is None:
         image_processor = default_image_processor(input_image_size(module.config))
+    # A processor that does not convert to RGB (`ImageFormat.image_processor`): images keep their values and channels
+    keep_values = getattr(image_processor, "do_convert_rgb", None) is False
+    features = getattr(dataset, "features", None)
+    values_dtype = array_dtype(features, image_column_name)
+    if keep_values and features is not None and isinstance(features.get(image_column_name), datasets.Image):
+        dataset = dataset.cast_column(image_column_name, datasets.Image(decode=False))
     was_training = module.training
     module.eval()
     total = len(dataset) if hasattr(dataset, "__len__") else None
@@ -298,7 +310,11 @@ def extract_embeddings(
                 images, kept = [], []
                 for value, target in zip(values, targets):
                     try:
-                        images.append(to_rgb_image(decode_image(value)))
+                        if keep_values:
+                            channels = len(image_processor.image_mean)
+                            images.append(read_image_array(value, channels, dtype=values_dtype))
+                        else:
+                            images.append(to_rgb_image(decode_image(value)))
                         kept.append(target)
                     except ImageDecodeError as error:
                         skipped += 1
@@ -306,7 +322,8 @@ def extract_embeddings(
                 seen += len(values)
                 progress.update(len(values))
                 if images:
-                    pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+                    layout = {"input_data_format": "channels_first"} if keep_values else {}
+                    pixel_values = image_processor(images=images, return_tensors="pt", **layout)["pixel_values"]
                     embeddings.append(embed(module, pixel_values.to(device=device, dtype=dtype)).float().cpu())
                     labels.extend(kept)
                 if max_samples is not None and seen >= max_samples:

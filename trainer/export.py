@@ -119,7 +119,8 @@ def export_backbone(
         license (`str`, *optional*): defaults to the source card's license, else `"apache-2.0"`.
         dataset_names (list of `str`, *optional*): pretraining datasets; default to the source card's.
         write_default_image_processor (`bool`, *optional*, defaults to `True`): when the checkpoint has no image
-            processor config, write `default_image_processor(config.global_image_size)`.
+            processor config, write `default_image_processor(config.global_image_size)` (ImageNet's RGB statistics:
+            3-channel models only).
         verify (`bool`, *optional*, defaults to `True`): reload the export with `AutoModel` (no custom code) and check
             that it gives the LeJEPA embeddings of two random images.
 
@@ -133,11 +134,14 @@ def export_backbone(
     source = Path(checkpoint_dir)
     image_size = model.config.global_image_size
     if native.config.model_type == "timm_wrapper":
-        save_timm_native(native, output_dir, image_size, _image_processor_of(source))
+        save_timm_native(native, output_dir, image_size, _image_processor_of(source), model.config.num_channels)
     else:
         native.save_pretrained(output_dir)
-    if not _copy_image_processor(checkpoint_dir, output_dir) and write_default_image_processor:
+    copied = _copy_image_processor(checkpoint_dir, output_dir)
+    if not copied and write_default_image_processor and model.config.num_channels == 3:
         default_image_processor(image_size).save_pretrained(output_dir)
+    elif not copied:
+        logger.warning("The checkpoint has no image processor config, so the export has none either.")
     native_size = getattr(native.config, "image_size", None)
     if uses_cls_token(native.config) and isinstance(native_size, int) and native_size != image_size:
         logger.warning(
@@ -209,14 +213,17 @@ def _image_processor_of(source: Path) -> Any:
         return None
 
 
-def save_timm_native(native: PreTrainedModel, output_dir: Path, image_size: int, image_processor: Any = None) -> None:
+def save_timm_native(
+    native: PreTrainedModel, output_dir: Path, image_size: int, image_processor: Any = None, num_channels: int = 3
+) -> None:
     """
     Writes a `TimmWrapperModel`'s timm model in timm's own format (`timm.models.save_for_hf`, safetensors), with the
-    LeJEPA views' resolution and, when given, the image processor's normalisation as its `pretrained_cfg`.
+    LeJEPA views' resolution and channels and, when given, the image processor's normalisation as its
+    `pretrained_cfg`.
     """
     import timm
 
-    data_config = {"input_size": (3, image_size, image_size), "crop_pct": 1.0}
+    data_config = {"input_size": (num_channels, image_size, image_size), "crop_pct": 1.0}
     if image_processor is not None and getattr(image_processor, "image_mean", None) is not None:
         data_config.update(mean=tuple(image_processor.image_mean), std=tuple(image_processor.image_std))
     timm.models.save_for_hf(native.timm_model, output_dir, safe_serialization=True, data_config=data_config)
@@ -236,7 +243,7 @@ def _verify_export(model: LeJepaModel, output_dir: Path, image_size: int) -> Non
         raise RuntimeError(f"The export loaded custom code ({type(exported)}).")
     parameter = next(model.parameters())
     generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(2, 3, image_size, image_size, generator=generator)
+    pixel_values = torch.randn(2, model.config.num_channels, image_size, image_size, generator=generator)
     pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
     embeddings = {"AutoModel": lambda x: embed(exported.to(parameter.device), x)}
     if model.config.backbone_config.model_type == "timm_wrapper":

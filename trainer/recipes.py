@@ -15,6 +15,7 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_lejepa import LeJepaConfig, LeJepaForPreTraining
+from modeling_lejepa.configuration_lejepa import set_backbone_num_channels
 
 from .data import BUILTIN_DATASETS
 from .evaluation import RawPixelEmbedding, evaluate_embeddings
@@ -80,12 +81,13 @@ def build_pretraining_config(
     attn_implementation: str | None = None,
     cache_dir: str | None = None,
     recipe: BuiltinRecipe | None = None,
+    num_channels: int | None = None,
 ) -> LeJepaConfig:
     """
     The `LeJepaConfig` of a run, as `run_pretraining.py`'s arguments of the same names ask: that of the checkpoint
     `model_name_or_path`, else of `config_name`, else the preset `model_preset` (by default the built-in `recipe`'s,
-    with its values, or `vit-base-patch16`); then the comma-separated `config_overrides` (validated) and the backbone's
-    `attn_implementation`.
+    with its values, or `vit-base-patch16`); then the comma-separated `config_overrides` (validated), the backbone's
+    `attn_implementation` and its input channels `num_channels` (those of the data; a checkpoint's must match).
 
     Example:
 
@@ -110,6 +112,13 @@ def build_pretraining_config(
         config = LeJepaConfig.from_dict(config.to_dict())  # validates the new values
     if attn_implementation:
         config.backbone_config._attn_implementation = attn_implementation
+    if num_channels is not None and num_channels != config.num_channels:
+        if model_name_or_path:
+            raise ValueError(
+                f"The checkpoint {model_name_or_path} takes {config.num_channels}-channel images, but the data has "
+                f"{num_channels} channels."
+            )
+        set_backbone_num_channels(config.backbone_config, num_channels)
     return config
 
 

@@ -379,9 +379,9 @@ class LeJepaTrainer(Trainer):
             return inputs["pixel_values"].shape[0], shapes
         if ("images" in inputs or JPEG_BYTES_KEY in inputs) and self.device_views is not None:
             c = self.device_views.config
-            shapes = [(c.num_global_views, 3, c.global_image_size, c.global_image_size)]
+            shapes = [(c.num_global_views, c.num_channels, c.global_image_size, c.global_image_size)]
             if c.num_local_views > 0:
-                shapes.append((c.num_local_views, 3, c.local_image_size, c.local_image_size))
+                shapes.append((c.num_local_views, c.num_channels, c.local_image_size, c.local_image_size))
             count = inputs["images"].shape[0] if "images" in inputs else 0
             return count + len(inputs.get(JPEG_BYTES_KEY) or []), shapes
         return None

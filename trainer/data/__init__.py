@@ -16,6 +16,9 @@ are decoded on the device (`append_device_decoded`).
 The modules, in the order of that path:
 
 - `decoding`: `decode_image`, `to_rgb_image`, `ImageDecodeError`, `read_jpeg_for_device`;
+- `arrays`: images that are not 8-bit RGB (16-bit, CT, multi-band, arrays) read with their values and channels
+  (`read_image_array`), and the run's pixel format, channels and per-channel statistics from a sample
+  (`inspect_images`, `ImageFormat`; `sources.inspect_dataset_images` on a dataset);
 - `views`: `MultiCropConfig`, `MultiCropTransform`, `DecodeResizeTransform` (views made in DataLoader workers);
 - `device_views`: `DeviceMultiCrop`, `view_generator` (views made on the training device), `decode_jpegs`,
   `append_device_decoded` (JPEGs decoded there);
@@ -25,6 +28,7 @@ The modules, in the order of that path:
   `load_digits_dataset`).
 """
 
+from .arrays import ImageFormat, inspect_images, read_image_array
 from .builtin import BUILTIN_DATASETS, BUILTIN_PHOTOS, load_builtin_dataset, load_digits_dataset, load_photos_dataset
 from .collator import BadSampleCounter, FixedViewBatchTransform, MultiCropBatchTransform, MultiCropCollator
 from .decoding import ImageDecodeError, decode_image, to_rgb_image
@@ -33,6 +37,7 @@ from .sources import (
     check_num_shards,
     detect_image_column,
     detect_label_column,
+    inspect_dataset_images,
     load_pretraining_dataset,
     prepare_pretraining_dataset,
     prepare_validation_dataset,
@@ -50,6 +55,7 @@ __all__ = [
     "DeviceMultiCrop",
     "FixedViewBatchTransform",
     "ImageDecodeError",
+    "ImageFormat",
     "MultiCropBatchTransform",
     "MultiCropCollator",
     "MultiCropConfig",
@@ -58,12 +64,15 @@ __all__ = [
     "decode_image",
     "detect_image_column",
     "detect_label_column",
+    "inspect_dataset_images",
+    "inspect_images",
     "load_builtin_dataset",
     "load_digits_dataset",
     "load_photos_dataset",
     "load_pretraining_dataset",
     "prepare_pretraining_dataset",
     "prepare_validation_dataset",
+    "read_image_array",
     "sample_examples",
     "split_validation_dataset",
     "take_validation_examples",

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import get_worker_info
 from transformers.utils import logging
 
+from .arrays import read_image_array
 from .decoding import ImageDecodeError, decode_image, read_jpeg_for_device, to_rgb_image
 
 logger = logging.get_logger(__name__)
@@ -127,6 +128,9 @@ class MultiCropBatchTransform:
         drop_bad_samples (`bool`, defaults to `False`): leave bad samples out instead of returning `None`.
         report_skipped (`bool`, defaults to `False`): add the `"num_skipped"` column described above (set it when bad
             rows will not reach the collator).
+        array_dtype (`str`, *optional*): the dtype of images stored as nested lists (a `datasets` `Array3D`
+            column's); with a transform of `pixel_format="float"`, images are read with `read_image_array` (values and
+            channels kept) instead of being turned into RGB.
     """
 
     def __init__(
@@ -138,8 +142,10 @@ class MultiCropBatchTransform:
         max_image_pixels: int | None = None,
         drop_bad_samples: bool = False,
         report_skipped: bool = False,
+        array_dtype: str | None = None,
     ):
         self.transform = transform
+        self.array_dtype = array_dtype
         self.image_column_name = image_column_name
         self.label_column_name = label_column_name
         self.counter = counter if counter is not None else BadSampleCounter()
@@ -153,6 +159,10 @@ class MultiCropBatchTransform:
         self.output_key = getattr(transform, "output_key", "pixel_values")
         self.max_device_pixels = getattr(transform, "max_device_pixels", None)
         self.decode_on_device = bool(getattr(transform, "decode_on_device", False))
+        view_config = getattr(transform, "config", None)
+        # `"float"` data: read with values and channels kept (`trainer.data.arrays`), never through 8-bit RGB
+        is_float = getattr(view_config, "pixel_format", "rgb") == "float"
+        self.num_channels = view_config.num_channels if is_float else None
 
     def _row(self, value: Any) -> dict[str, Any]:
         """The model inputs of one image value: its JPEG bytes (`"jpeg_bytes"`, for `decode_on_device`), else the
@@ -161,6 +171,8 @@ class MultiCropBatchTransform:
             encoded = read_jpeg_for_device(value, self.max_image_pixels, self.max_device_pixels)
             if encoded is not None:
                 return {JPEG_BYTES_KEY: encoded}
+        if self.num_channels is not None:
+            return self.transform(read_image_array(value, self.num_channels, self.max_image_pixels, self.array_dtype))
         image = decode_image(value, self.max_image_pixels, min_pixels=self.min_pixels)
         return self.transform(to_rgb_image(image, self.background_color))
 
@@ -221,10 +233,11 @@ class MultiCropCollator:
     set. Each view is
     copied once, by a single `torch.stack` per key.
 
-    Examples from `DecodeResizeTransform` (`augment_on_device`) carry one `uint8` image `"images"` `(3, h, w)` each
-    instead of views: they are copied once into a canvas `images` `(B, 3, H_max, W_max)` (`uint8`, stored channels
-    last, the images at the top left; each image's last row and column are repeated once into the padding, so that
-    bilinear crops touching its border see its own edge, and the rest of the padding is zero) with their true sizes
+    Examples from `DecodeResizeTransform` (`augment_on_device`) carry one image `"images"` `(C, h, w)` each
+    (`uint8` RGB, or `float32` for data that is not 8-bit RGB) instead of views: they are copied once into a canvas
+    `images` `(B, C, H_max, W_max)` (of their dtype, stored channels last, the images at the top left; each image's
+    last row and column are repeated once into the padding, so that bilinear crops touching its border see its own
+    edge, and the rest of the padding is zero) with their true sizes
     in `image_sizes` `(B, 2)` (height, width). With `decode_on_device`, examples may instead carry a JPEG's bytes
     (`"jpeg_bytes"`, a `uint8` numpy array, which device placement leaves on the host): the batch then holds the
     decoded images first (in `images`, when there are any) and the list `jpeg_bytes` after them, `labels` in the
@@ -260,21 +273,21 @@ class MultiCropCollator:
         return torch.stack(tensors, out=first.new(storage).resize_(len(tensors), *first.shape))
 
     def _pad(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The `uint8` images `(3, h, w)` in one canvas `(B, 3, H_max, W_max)` (in shared memory inside workers) and
-        their sizes `(B, 2)`.
+        """The images `(C, h, w)` (`uint8` RGB, or `float32` of any channel count) in one canvas
+        `(B, C, H_max, W_max)` of their dtype (in shared memory inside workers) and their sizes `(B, 2)`.
 
-        The canvas is stored channels last (`(B, H_max, W_max, 3)` in memory, the layout of a decoded image), so that
+        The canvas is stored channels last (`(B, H_max, W_max, C)` in memory, the layout of a decoded image), so that
         each image is copied in whole rows; `DeviceMultiCrop` makes it contiguous on the training device.
         """
         sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.long)
         height, width = (int(value) for value in sizes.max(dim=0).values)
-        shape = (len(images), height, width, 3)
+        shape = (len(images), height, width, images[0].shape[0])
         if self.shared_memory and get_worker_info() is not None:
             storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
             canvas = images[0].new(storage).resize_(*shape)
         else:
             canvas = images[0].new_empty(shape)
-        canvas = canvas.permute(0, 3, 1, 2)  # (B, 3, H_max, W_max), channels last
+        canvas = canvas.permute(0, 3, 1, 2)  # (B, C, H_max, W_max), channels last
         for slot, image in zip(canvas, images):
             fill_canvas_slot(slot, image)
         return {"images": canvas, "image_sizes": sizes}
@@ -318,7 +331,7 @@ def _has_pixel_values(example: dict[str, Any]) -> bool:
 
 
 def fill_canvas_slot(slot: torch.Tensor, image: torch.Tensor) -> None:
-    """Writes a `uint8` image `(..., 3, h, w)` at the top left of its slot `(..., 3, H, W)` of a padded canvas,
+    """Writes an image `(..., C, h, w)` at the top left of its slot `(..., C, H, W)` of a padded canvas,
     repeats its last column and then its last row (with the corner) once into the padding, so that bilinear crops
     touching its border see its own edge, and zeroes the rest of the padding (never sampled, but defined). A block
     of images of one padded size (a whole canvas) is written the same way."""

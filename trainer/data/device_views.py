@@ -11,7 +11,9 @@ With `augment_on_device`, DataLoader workers only decode each image and resize i
   in each direction, which anti-aliases downscaled crops as torchvision's `antialias=True` does);
 - horizontal flip, colour jitter (brightness, contrast, saturation, hue in a random order per view, as torchvision's
   `ColorJitter`), grayscale, Gaussian blur and solarization with the per-view probabilities of `MultiCropConfig`,
-  through `kornia.enhance`, `kornia.color` and `kornia.filters`, each applied only to the views that drew it;
+  through `kornia.enhance`, `kornia.color` and `kornia.filters`, each applied only to the views that drew it; for
+  data that is not 8-bit RGB (`pixel_format="float"`: a `float32` canvas of any channel count, values kept), the crops,
+  flip and blur, and a per-channel brightness and contrast jitter (`channel_jitter`) instead of the colour operations;
 - normalisation with the image processor's mean and standard deviation.
 
 Every image and view draws its own parameters. They are drawn on the host from a `torch.Generator` seeded from
@@ -43,7 +45,7 @@ from torchvision.ops import roi_align
 from transformers.utils import logging
 
 from .collator import fill_canvas_slot
-from .views import DecodeResizeTransform, MultiCropConfig, _per_view
+from .views import DecodeResizeTransform, MultiCropConfig, _per_view, channel_jitter
 
 logger = logging.get_logger(__name__)
 
@@ -96,6 +98,9 @@ class ViewParameters:
         blur (`torch.BoolTensor` of shape `(n,)`).
         blur_sigma (`torch.FloatTensor` of shape `(n,)`): the blur's standard deviation, in pixels of the view.
         solarize (`torch.BoolTensor` of shape `(n,)`).
+        channel_jitter (`torch.BoolTensor` of shape `(n,)`): per-channel jitter (`pixel_format="float"` only; the
+            colour jitter, grayscale and solarization are then never drawn).
+        channel_factors (`torch.FloatTensor` of shape `(n, C, 2)`): contrast and brightness factor of each channel.
     """
 
     image_index: torch.Tensor
@@ -110,6 +115,8 @@ class ViewParameters:
     blur: torch.Tensor
     blur_sigma: torch.Tensor
     solarize: torch.Tensor
+    channel_jitter: torch.Tensor | None = None
+    channel_factors: torch.Tensor | None = None
 
 
 class DeviceMultiCrop:
@@ -215,11 +222,19 @@ class DeviceMultiCrop:
             blur = bernoulli(torch.tensor(blur_probs)[per_view])
             sigma = uniform(n, low=c.blur_sigma[0], high=c.blur_sigma[1], dtype=torch.float32)
             solarize = bernoulli(torch.tensor(solarize_probs)[per_view])
+            channel_jitter = channel_factors = None
+            if c.pixel_format == "float":  # drawn after the RGB draws, which stay those of 8-bit RGB data
+                jitter = grayscale = solarize = torch.zeros(n, dtype=torch.bool)
+                channel_jitter = bernoulli(c.channel_jitter_prob)
+                channel_factors = torch.stack([
+                    uniform(n, c.num_channels, low=1 - strength, high=1 + strength, dtype=torch.float32)
+                    for strength in (c.channel_contrast, c.channel_brightness)
+                ], dim=2)  # (n, C, 2)
             parameters[key] = ViewParameters(
                 image_index=torch.arange(batch_size).repeat_interleave(count), crop_area=crop_area,
                 crop_log_ratio=crop_log_ratio, crop_offset=crop_offset, flip=flip, jitter=jitter,
                 jitter_factors=factors, jitter_order=order, grayscale=grayscale, blur=blur, blur_sigma=sigma,
-                solarize=solarize,
+                solarize=solarize, channel_jitter=channel_jitter, channel_factors=channel_factors,
             )
         return parameters
 
@@ -268,26 +283,33 @@ class DeviceMultiCrop:
         Cuts and augments the views described by `parameters`.
 
         Args:
-            images (`torch.ByteTensor` of shape `(B, 3, H, W)`): the padded batch, on the device that does the work.
+            images (`torch.ByteTensor` of shape `(B, 3, H, W)`): the padded batch, on the device that does the work
+                (for `pixel_format="float"`: `float32` of shape `(B, C, H, W)`, already multiplied by
+                `rescale_factor`).
                 Pixels right of and below each image's true size are padding (`MultiCropCollator` repeats the last
                 row and column there, so that bilinear samples at the border see the image's own edge).
             image_sizes (`torch.LongTensor` of shape `(B, 2)`): true `(height, width)` of each image.
             parameters (`dict[str, ViewParameters]`): from `sample_parameters`.
 
         Returns:
-            `dict[str, torch.Tensor]`: `"pixel_values"` `(B, Vg, 3, S, S)` and, with local views,
-            `"local_pixel_values"` `(B, Vl, 3, s, s)`, float32, normalised.
+            `dict[str, torch.Tensor]`: `"pixel_values"` `(B, Vg, C, S, S)` and, with local views,
+            `"local_pixel_values"` `(B, Vl, C, s, s)`, float32, normalised.
         """
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        c = self.config
+        channels = c.num_channels
+        dtype = torch.uint8 if c.pixel_format == "rgb" else torch.float32
+        if images.dtype != dtype or images.ndim != 4 or images.shape[1] != channels:
             raise ValueError(
-                f"Expected a uint8 batch of shape (B, 3, H, W), got {images.dtype} of shape {tuple(images.shape)}."
+                f"Expected a {dtype} batch of shape (B, {channels}, H, W) for pixel_format={c.pixel_format!r}, got "
+                f"{images.dtype} of shape {tuple(images.shape)}."
             )
         batch_size = images.shape[0]
-        # (B, 3, H, W) in [0, 1], contiguous (the collator's canvas is channels last)
-        pixels = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-        c = self.config
-        mean = _to_device(torch.tensor(c.image_mean, dtype=torch.float32), images.device).view(1, 3, 1, 1)
-        std = _to_device(torch.tensor(c.image_std, dtype=torch.float32), images.device).view(1, 3, 1, 1)
+        # (B, C, H, W), contiguous (the collator's canvas is channels last); 8-bit RGB to [0, 1]
+        pixels = images.to(torch.float32, memory_format=torch.contiguous_format)
+        if c.pixel_format == "rgb":
+            pixels = pixels.div_(255.0)
+        mean = _to_device(torch.tensor(c.image_mean, dtype=torch.float32), images.device).view(1, channels, 1, 1)
+        std = _to_device(torch.tensor(c.image_std, dtype=torch.float32), images.device).view(1, channels, 1, 1)
         output = {}
         for key, count, side, *_ in self._kinds():
             p = parameters[key]
@@ -296,14 +318,14 @@ class DeviceMultiCrop:
             rois = torch.cat([index[:, None], boxes], dim=1).to(torch.float32)  # (n, 5): image, box
             # aligned=True: pixel i covers [i, i + 1), so a box of integer edges covers exactly its pixels
             views = roi_align(pixels, rois, output_size=(side, side), spatial_scale=1.0, sampling_ratio=-1,
-                              aligned=True)  # (n, 3, side, side)
+                              aligned=True)  # (n, C, side, side)
             views = self._augment(views, p, side)
-            output[key] = views.sub_(mean).div_(std).view(batch_size, count, 3, side, side)
+            output[key] = views.sub_(mean).div_(std).view(batch_size, count, channels, side, side)
         return output
 
     def _augment(self, views: torch.Tensor, p: ViewParameters, side: int) -> torch.Tensor:
-        """Flip, colour jitter, grayscale, blur and solarize, each on the views that drew it (index sets known on the
-        host, so no host sync)."""
+        """Flip, colour jitter (or the per-channel jitter), grayscale, blur and solarize, each on the views that drew
+        it (index sets known on the host, so no host sync)."""
         c = self.config
         device = views.device
 
@@ -328,6 +350,8 @@ class DeviceMultiCrop:
                 if self._jitter_enabled[operation]:
                     mask = p.jitter & (p.jitter_order[:, position] == operation)
                     apply(mask, function, p.jitter_factors[:, operation])
+        if p.channel_jitter is not None:
+            apply(p.channel_jitter, channel_jitter, p.channel_factors)
         apply(p.grayscale, lambda x: rgb_to_grayscale(x).expand(-1, 3, -1, -1))
         kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
         kernel_size = min(kernel_size, 2 * side - 1)  # reflect padding needs the half kernel inside the view

@@ -18,6 +18,7 @@ from datasets.load import infer_module_for_data_files
 from datasets.packaged_modules.webdataset.webdataset import WebDataset
 from transformers.utils import logging
 
+from .arrays import ImageFormat, inspect_images
 from .collator import (
     VALIDATION_VIEW_SEED,
     VIEW_SEED_COLUMN,
@@ -39,6 +40,17 @@ def _feature_is_image(feature: Any) -> bool:
     return isinstance(feature, datasets.Image)
 
 
+def _feature_is_array(feature: Any) -> bool:
+    """An image stored as a numpy array (`Array2D` `(H, W)` or `Array3D` `(H, W, C)` / `(C, H, W)`)."""
+    return isinstance(feature, (datasets.Array2D, datasets.Array3D))
+
+
+def array_dtype(features: datasets.Features | None, image_column_name: str) -> str | None:
+    """The dtype of an array image column (e.g. `"uint16"`), `None` for other columns or unknown features."""
+    feature = features.get(image_column_name) if features is not None else None
+    return feature.dtype if _feature_is_array(feature) else None
+
+
 def _feature_is_integer(feature: Any) -> bool:
     return isinstance(feature, datasets.ClassLabel) or (
         isinstance(feature, datasets.Value) and ("int" in feature.dtype)
@@ -48,9 +60,9 @@ def _feature_is_integer(feature: Any) -> bool:
 def detect_image_column(features: datasets.Features | None, image_column_name: str | None = None) -> str:
     """
     Finds the image column: `image_column_name` when given (it must exist, unless the features are unknown), else
-    the only `datasets.Image` column, else the only column named like an image file extension (`jpg`, `png`,
-    `webp`, ... as in webdataset shards: the extensions that the `webdataset` builder of `datasets` decodes as
-    images).
+    the only `datasets.Image` column, else the only array column (`Array2D`, `Array3D`: images stored as arrays),
+    else the only column named like an image file extension (`jpg`, `png`, `webp`, ... as in webdataset shards: the
+    extensions that the `webdataset` builder of `datasets` decodes as images).
 
     Args:
         features (`datasets.Features`): the dataset's features.
@@ -75,6 +87,8 @@ def detect_image_column(features: datasets.Features | None, image_column_name: s
             )
         return image_column_name
     candidates = [name for name, feature in features.items() if _feature_is_image(feature)]
+    if not candidates:
+        candidates = [name for name, feature in features.items() if _feature_is_array(feature)]
     if not candidates:
         image_extensions = WebDataset.IMAGE_EXTENSIONS
         candidates = [name for name in columns if name.rsplit(".", 1)[-1].lower() in image_extensions]
@@ -153,7 +167,8 @@ def load_pretraining_dataset(
     Sources, in order of precedence:
     - `dataset_name`: a Hub id or a local path, through `datasets.load_dataset(dataset_name, dataset_config_name,
       data_files=data_files)`;
-    - `train_dir`: a folder of images (optionally in one sub-folder per class), through the `imagefolder` builder;
+    - `train_dir`: a folder of images (optionally in one sub-folder per class), through the `imagefolder` builder,
+      or a folder of `.npy` arrays (one image each, no labels);
     - `data_files`: files or glob patterns, read with the builder that `datasets` infers from their extensions:
       `parquet` for `.parquet` files, `webdataset` for `.tar` shards, `imagefolder` for image files.
 
@@ -177,7 +192,11 @@ def load_pretraining_dataset(
     elif train_dir is not None:
         if not os.path.isdir(train_dir):
             raise ValueError(f"`--train_dir` {train_dir!r} is not a directory.")
-        dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, data_files=data_files, **common)
+        arrays = sorted(str(path) for path in Path(train_dir).rglob("*.npy"))
+        if arrays and data_files is None:  # a folder of numpy arrays, which `imagefolder` does not read
+            dataset = _array_file_dataset(arrays, streaming)
+        else:
+            dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, data_files=data_files, **common)
     elif data_files is not None:
         builder, builder_kwargs = _builder_for_data_files(data_files)
         dataset = datasets.load_dataset(builder, data_files=data_files, **builder_kwargs, **common)
@@ -199,6 +218,14 @@ def load_pretraining_dataset(
         f"{image_column_name!r}, labels in {label_column_name!r}."
     )
     return dataset, image_column_name, label_column_name
+
+
+def _array_file_dataset(paths: list[str], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    """A dataset of `.npy` files, one image each, as undecoded paths in an `image` column (read by
+    `read_image_array`); streamed with one shard per file."""
+    features = datasets.Features({"image": datasets.Image(decode=False)})
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": path} for path in paths]}, features)
+    return dataset.to_iterable_dataset(num_shards=len(paths)) if streaming else dataset
 
 
 def check_num_shards(
@@ -294,6 +321,7 @@ def prepare_pretraining_dataset(
         counter=counter,
         max_image_pixels=max_image_pixels,
         report_skipped=streaming,  # the stream's filter drops bad rows before the collator
+        array_dtype=array_dtype(dataset.features, image_column_name),
     )
     if not streaming:
         return dataset.with_transform(batch_transform)
@@ -310,7 +338,7 @@ def _undecoded_image_column(
     dataset: datasets.Dataset | datasets.IterableDataset, image_column_name: str
 ) -> datasets.Dataset | datasets.IterableDataset:
     """`dataset` with its image column cast to `datasets.Image(decode=False)`, after checking that the column exists
-    and holds images, bytes or paths (when the features are known)."""
+    and holds images, bytes or paths (when the features are known); array columns are left as they are."""
     features = dataset.features
     if features is not None:
         if image_column_name not in features:
@@ -319,6 +347,8 @@ def _undecoded_image_column(
                 "of them as `--image_column_name`."
             )
         feature = features[image_column_name]
+        if _feature_is_array(feature):
+            return dataset
         castable = _feature_is_image(feature) or (
             isinstance(feature, datasets.Value)
             and feature.dtype in ("binary", "large_binary", "string", "large_string")
@@ -366,7 +396,7 @@ def prepare_validation_dataset(
     dataset = _undecoded_image_column(dataset, image_column_name)
     batch_transform = MultiCropBatchTransform(
         transform, image_column_name, label_column_name=label_column_name, counter=counter,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=max_image_pixels, array_dtype=array_dtype(dataset.features, image_column_name),
     )
     return dataset.with_transform(FixedViewBatchTransform(batch_transform))
 
@@ -435,6 +465,36 @@ def split_validation_dataset(
     if isinstance(validation_dataset, datasets.Dataset):
         return train_dataset, sample_examples(validation_dataset, max_eval_samples)
     return train_dataset, take_validation_examples(validation_dataset, max_eval_samples, image_column_name)
+
+
+def inspect_dataset_images(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column_name: str,
+    num_samples: int = 256,
+    **kwargs: Any,
+) -> ImageFormat:
+    """
+    `inspect_images` (the pixel format, channels, dtype and per-channel statistics of a run's images) on a sample of
+    `dataset`: at most `num_samples` undecoded images, drawn with a constant seed from a map-style dataset
+    (`sample_examples`), the first ones of a stream (in its seeded shuffle order). Every process draws the same
+    sample, so they agree without communicating, and a resumed run finds the same statistics.
+
+    Args:
+        kwargs: `num_channels`, `max_pixel_value`, `image_mean`, `image_std` of `inspect_images`.
+    """
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be positive, got {num_samples}.")
+    dtype = array_dtype(dataset.features, image_column_name)
+    dataset = _undecoded_image_column(dataset, image_column_name)
+    if isinstance(dataset, datasets.Dataset):
+        values = sample_examples(dataset, num_samples)[image_column_name]
+    else:
+        values = [row[image_column_name] for row in dataset.select_columns([image_column_name]).take(num_samples)]
+    if not values:
+        raise ValueError("The dataset has no image to inspect.")
+    image_format = inspect_images(values, dtype=dtype, **kwargs)
+    logger.info(f"Images: {image_format}")
+    return image_format
 
 
 def sample_examples(dataset: datasets.Dataset, num_examples: int | None) -> datasets.Dataset:

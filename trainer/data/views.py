@@ -22,6 +22,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from modeling_lejepa.configuration_lejepa import VIEW_GEOMETRY_FIELDS, LeJepaConfig, check_view_geometry
 
+from .arrays import resize_array
 from .decoding import to_rgb_image
 
 _INTERPOLATIONS = {
@@ -30,6 +31,36 @@ _INTERPOLATIONS = {
     "bicubic": v2.InterpolationMode.BICUBIC,
 }
 
+
+def channel_jitter(views: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """
+    The per-channel brightness and contrast jitter of data that is not RGB (`MultiCropConfig.channel_jitter_prob`):
+    channel `c` of each view becomes `(x_c - m_c) * k_c + m_c * b_c`, `m_c` its mean over the view, unclipped.
+
+    Args:
+        views (`torch.Tensor` of shape `(n, C, H, W)`).
+        factors (`torch.Tensor` of shape `(n, C, 2)`): contrast `k` and brightness `b` factors.
+    """
+    mean = views.mean(dim=(-2, -1), keepdim=True)  # (n, C, 1, 1)
+    contrast, brightness = factors[..., 0, None, None], factors[..., 1, None, None]
+    return (views - mean) * contrast + mean * brightness
+
+
+class _RandomChannelJitter(v2.Transform):
+    """`channel_jitter` on one float view `(C, H, W)`, its factors drawn from torch's generator (as every
+    `transforms.v2` transform draws)."""
+
+    def __init__(self, contrast: float, brightness: float):
+        super().__init__()
+        self.strengths = (contrast, brightness)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        channels = flat_inputs[0].shape[-3]
+        factors = torch.stack([torch.empty(channels).uniform_(1 - s, 1 + s) for s in self.strengths], dim=1)
+        return {"factors": factors}  # (C, 2)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return channel_jitter(inpt[None], params["factors"][None])[0]
 
 
 def _per_view(probability: float | Sequence[float], index: int) -> float:
@@ -77,9 +108,23 @@ class MultiCropConfig:
         global_solarize_prob (`float` or `tuple[float, ...]`, defaults to `(0.0, 0.2)`): see above.
         local_solarize_prob (`float`, defaults to 0.0).
         solarize_threshold (`int`, defaults to 128): pixels at or above it (on the 0..255 scale) are inverted.
-        image_mean (`tuple[float, float, float]`, defaults to ImageNet's): per-channel mean, on the 0..1 scale.
-        image_std (`tuple[float, float, float]`, defaults to ImageNet's): per-channel standard deviation.
+        image_mean (`tuple[float, ...]`, defaults to ImageNet's): per-channel mean, on the 0..1 scale (for `"rgb"`,
+            1 or 3 values; for `"float"`, one per channel of the data).
+        image_std (`tuple[float, ...]`, defaults to ImageNet's): per-channel standard deviation.
         background_color (`tuple[int, int, int]`, defaults to white): colour behind transparent pixels.
+        pixel_format (`str`, defaults to `"rgb"`): `"rgb"` for 8-bit images turned into RGB, with every augmentation
+            above; `"float"` for images read with their values and channels (`trainer.data.arrays`: 16-bit, CT,
+            multi-band), whose views get the crops, flip and blur above and, instead of the colour jitter, grayscale
+            and solarization (meaningless beyond RGB), the per-channel jitter below.
+        rescale_factor (`float`, defaults to 1.0): `"float"` only: what the raw values are multiplied by (the image
+            processor's `rescale_factor`; `1 / 65535` for `uint16`).
+        channel_jitter_prob (`float`, defaults to 0.8): `"float"` only: probability that a view gets the per-channel
+            jitter: every channel `c` of the view becomes `(x_c - m_c) * k_c + m_c * b_c`, with `m_c` its mean over
+            the view, a contrast factor `k_c` uniform in `[1 - channel_contrast, 1 + channel_contrast]` and a
+            brightness factor `b_c` uniform in `[1 - channel_brightness, 1 + channel_brightness]`, drawn per view
+            and per channel; values are not clipped.
+        channel_brightness (`float`, defaults to 0.2): see `channel_jitter_prob`.
+        channel_contrast (`float`, defaults to 0.2): see `channel_jitter_prob`.
     """
 
     num_global_views: int = LeJepaConfig.num_global_views
@@ -107,6 +152,11 @@ class MultiCropConfig:
     image_mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
     image_std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
     background_color: tuple[int, int, int] = (255, 255, 255)
+    pixel_format: str = "rgb"
+    rescale_factor: float = 1.0
+    channel_jitter_prob: float = 0.8
+    channel_brightness: float = 0.2
+    channel_contrast: float = 0.2
 
     def __post_init__(self):
         for name in ("global_crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma", "background_color"):
@@ -118,16 +168,37 @@ class MultiCropConfig:
         self.image_std = self._channels("image_std")
         self._check_values()
 
-    def _channels(self, name: str) -> tuple[float, float, float]:
+    def _channels(self, name: str) -> tuple[float, ...]:
         value = getattr(self, name)
-        values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+        values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+        if self.pixel_format == "float":
+            if not values:
+                raise ValueError(f"`{name}` needs one value per channel of the data, got {value}.")
+            return tuple(values)
         if len(values) == 1:
             values = values * 3
         if len(values) != 3:
             raise ValueError(f"`{name}` needs 1 or 3 values (one per RGB channel), got {value}.")
         return tuple(values)
 
+    @property
+    def num_channels(self) -> int:
+        """Channels of the views: 3 for `"rgb"`, `len(image_mean)` for `"float"`."""
+        return len(self.image_mean)
+
     def _check_values(self) -> None:
+        if self.pixel_format not in ("rgb", "float"):
+            raise ValueError(f"`pixel_format` must be 'rgb' or 'float', got {self.pixel_format!r}.")
+        if len(self.image_std) != len(self.image_mean):
+            raise ValueError(
+                f"`image_mean` and `image_std` need the same number of values, got {self.image_mean} and "
+                f"{self.image_std}."
+            )
+        if not self.rescale_factor > 0:
+            raise ValueError(f"`rescale_factor` must be positive, got {self.rescale_factor}.")
+        for name in ("channel_brightness", "channel_contrast"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         check_view_geometry(**{name: getattr(self, name) for name in VIEW_GEOMETRY_FIELDS})
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"`crop_ratio` must be (min, max) with 0 < min <= max, got {self.crop_ratio}.")
@@ -136,7 +207,7 @@ class MultiCropConfig:
         probabilities = {
             name: getattr(self, name)
             for name in ("horizontal_flip_prob", "color_jitter_prob", "grayscale_prob", "local_blur_prob",
-                         "local_solarize_prob")
+                         "local_solarize_prob", "channel_jitter_prob")
         }
         for name in ("global_blur_prob", "global_solarize_prob"):
             values = getattr(self, name)
@@ -231,9 +302,10 @@ class MultiCropTransform:
     normalisation.
 
     Any input is first converted with `to_rgb_image` (every PIL mode, numpy arrays, tensors; tiny images are
-    upsampled by the crop). The augmentations run on `uint8` tensors with `torchvision.transforms.v2`; the last
-    step, `ToDtype(float32, scale=True)` followed by `Normalize(image_mean, image_std)`, is fused: each view is
-    written once into the output tensor and all views are normalised in place together.
+    upsampled by the crop). The augmentations run on `uint8` tensors with `torchvision.transforms.v2` (for
+    `pixel_format="float"`, on the rescaled `float32` values of any channel count: crops, flip, the per-channel jitter
+    and blur); the last step, `ToDtype(float32, scale=True)` followed by `Normalize(image_mean, image_std)`, is
+    fused: each view is written once into the output tensor and all views are normalised in place together.
 
     Args:
         config (`MultiCropConfig`, *optional*): the settings; `MultiCropConfig()` (the LeJEPA recipe) by default.
@@ -264,9 +336,10 @@ class MultiCropTransform:
         self.local_view = self._view_pipeline(
             c.local_image_size, c.local_crop_scale, c.local_blur_prob, c.local_solarize_prob
         )
-        # (x / 255 - mean) / std == (x - 255 * mean) / (255 * std)
-        self._shift = torch.tensor(c.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(c.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        # 8-bit RGB: (x / 255 - mean) / std == (x - 255 * mean) / (255 * std); float data is already rescaled
+        unit = 255.0 if c.pixel_format == "rgb" else 1.0
+        self._shift = torch.tensor(c.image_mean, dtype=torch.float32).view(1, -1, 1, 1) * unit
+        self._scale = 1.0 / (torch.tensor(c.image_std, dtype=torch.float32).view(1, -1, 1, 1) * unit)
 
     @classmethod
     def from_lejepa_config(cls, config: Any, image_processor: Any = None, **overrides) -> MultiCropTransform:
@@ -284,21 +357,25 @@ class MultiCropTransform:
         ]
         if c.horizontal_flip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(c.horizontal_flip_prob))
-        if c.color_jitter_prob > 0 and any((c.brightness, c.contrast, c.saturation, c.hue)):
+        rgb = c.pixel_format == "rgb"
+        if rgb and c.color_jitter_prob > 0 and any((c.brightness, c.contrast, c.saturation, c.hue)):
             jitter = v2.ColorJitter(c.brightness, c.contrast, c.saturation, c.hue)
             steps.append(v2.RandomApply([jitter], p=c.color_jitter_prob))
-        if c.grayscale_prob > 0:
+        if not rgb and c.channel_jitter_prob > 0 and (c.channel_contrast or c.channel_brightness):
+            jitter = _RandomChannelJitter(c.channel_contrast, c.channel_brightness)
+            steps.append(v2.RandomApply([jitter], p=c.channel_jitter_prob))
+        if rgb and c.grayscale_prob > 0:
             steps.append(v2.RandomGrayscale(c.grayscale_prob))
         if blur_prob > 0:
             kernel_size = c.blur_kernel_size or 2 * math.ceil(3 * c.blur_sigma[1]) + 1
             kernel_size = min(kernel_size, 2 * size - 1)  # reflect padding needs the half kernel inside the view
             steps.append(v2.RandomApply([_SeparableGaussianBlur(kernel_size, c.blur_sigma)], p=blur_prob))
-        if solarize_prob > 0:
+        if rgb and solarize_prob > 0:
             steps.append(v2.RandomSolarize(threshold=c.solarize_threshold, p=solarize_prob))
         return v2.Compose(steps)
 
     def _render(self, image: torch.Tensor, pipelines: Sequence[v2.Compose], size: int) -> torch.Tensor:
-        views = torch.empty((len(pipelines), 3, size, size), dtype=torch.float32)
+        views = torch.empty((len(pipelines), image.shape[-3], size, size), dtype=torch.float32)
         for index, pipeline in enumerate(pipelines):
             views[index].copy_(pipeline(image))
         return views.sub_(self._shift).mul_(self._scale)
@@ -306,14 +383,18 @@ class MultiCropTransform:
     def __call__(self, image: PIL.Image.Image | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Args:
-            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): one image, in any mode (see `to_rgb_image`).
+            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): one image, in any mode (see `to_rgb_image`);
+                for `pixel_format="float"`, a `(C, H, W)` array of raw values (`read_image_array`).
 
         Returns:
-            `dict[str, torch.Tensor]`: `"pixel_values"` of shape `(Vg, 3, H, W)` and, when `Vl > 0`,
-            `"local_pixel_values"` of shape `(Vl, 3, h, w)`, both `float32` and normalised.
+            `dict[str, torch.Tensor]`: `"pixel_values"` of shape `(Vg, C, H, W)` and, when `Vl > 0`,
+            `"local_pixel_values"` of shape `(Vl, C, h, w)`, both `float32` and normalised.
         """
         c = self.config
-        pixels = tv_functional.pil_to_tensor(to_rgb_image(image, c.background_color))
+        if c.pixel_format == "float":  # (C, H, W) values from `read_image_array`, rescaled
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mul_(c.rescale_factor)
+        else:
+            pixels = tv_functional.pil_to_tensor(to_rgb_image(image, c.background_color))
         output = {"pixel_values": self._render(pixels, self.global_views, c.global_image_size)}
         if c.num_local_views > 0:
             output["local_pixel_values"] = self._render(
@@ -374,6 +455,8 @@ class DecodeResizeTransform:
         self, config: MultiCropConfig | None = None, target_pixels: int | None = None, decode_on_device: bool = False
     ):
         self.config = config if config is not None else MultiCropConfig()
+        if decode_on_device and self.config.pixel_format != "rgb":
+            raise ValueError("`decode_on_device` decodes JPEGs: it does not apply to images that are not 8-bit RGB.")
         self.decode_on_device = decode_on_device
         c = self.config
         if target_pixels is None:
@@ -409,8 +492,13 @@ class DecodeResizeTransform:
     def __call__(self, image: PIL.Image.Image | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Returns:
-            `dict[str, torch.Tensor]`: `"images"`, `uint8` of shape `(3, h, w)`.
+            `dict[str, torch.Tensor]`: `"images"`, `uint8` of shape `(3, h, w)`; for `pixel_format="float"`, an
+            array `(C, h, w)` (from `read_image_array`) multiplied by `rescale_factor`, as `float32`.
         """
+        if self.config.pixel_format == "float":
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).mul_(self.config.rescale_factor)
+            width, height = self.output_size(pixels.shape[-1], pixels.shape[-2])
+            return {self.output_key: resize_array(pixels, (height, width))}
         image = to_rgb_image(image, self.config.background_color)
         size = self.output_size(*image.size)
         if size != image.size:
