@@ -45,9 +45,12 @@ class BuiltinRecipe:
 
 BUILTIN_RECIPES = {
     # Crops of 17 real photographs (which photo does a crop come from; test crops from held-out parts of each photo),
-    # with the small-images preset; the choices are measured in BENCHMARKS.md, "The first command".
+    # with the small-images preset. A photo's colours are part of what identifies it, so the views keep them: no hue
+    # or saturation jitter and no grayscale (brightness and contrast jitter stay). The choices are measured in
+    # BENCHMARKS.md, "The first command".
     "photos": BuiltinRecipe(
         preset="vit-small-images",
+        transform={"hue": 0.0, "saturation": 0.0, "grayscale_prob": 0.0},
         training={"learning_rate": 2e-3, "max_steps": 600, "dataloader_persistent_workers": True},
     ),
     # The 8 x 8 digits upsampled to 32 px carry little detail: local crops cover 20-50% of the image instead of the
